@@ -1,0 +1,96 @@
+"""`mmunlearn` command line: parses, calls the library, prints. Errors are one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from mmunlearn.errors import MMUnlearnError
+
+
+def _overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides, e.g. world.size=50 pretrain.lr=0.002")
+
+
+def cmd_world_build(args: argparse.Namespace) -> None:
+    from mmunlearn.config import load_config, world_config
+    from mmunlearn.pretrain.pipeline import build_world
+    from mmunlearn.runner.manifest import write_json_atomic
+
+    cfg = load_config(args.overrides)
+    bundle = build_world(world_config(cfg))
+    w = bundle.world
+    n_facts = sum(len(c.attributes) for c in w.creatures)
+    print(f"world seed {w.seed}: {w.size} creatures, {n_facts} facts, "
+          f"{len(bundle.corpus.splits.heldout_pairs)} held out from image form")
+    if args.out:
+        write_json_atomic(Path(args.out), w.to_dict())
+        print(f"wrote {args.out}")
+
+
+def cmd_world_show(args: argparse.Namespace) -> None:
+    from mmunlearn.config import load_config, world_config
+    from mmunlearn.world.contact_sheet import contact_sheet
+    from mmunlearn.world.entities import generate_world
+
+    cfg = load_config(args.overrides)
+    wcfg = world_config(cfg)
+    out = Path(args.out or Path(str(cfg.paths.output_dir)) / "world_contact_sheet.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet = contact_sheet(generate_world(wcfg.seed, wcfg.size), rows=args.rows, image_size=wcfg.image_size)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    sheet.save(tmp)
+    os.replace(tmp, out)
+    print(out)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from mmunlearn.config import load_config
+    from mmunlearn.pretrain.pipeline import pretrain
+    from mmunlearn.pretrain.report import markdown_table
+
+    cfg = load_config(args.overrides)
+    result = pretrain(cfg, force=args.force)
+    report = result.report
+    print(f"\ntiny model accuracy (world size {cfg.world.size}; trained in {report['train_seconds']:.0f}s"
+          f"{', cached' if result.reused else ''}):")
+    print(markdown_table(report["measures"]))
+    print(result.path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmunlearn", description="Multimodal unlearning toolkit.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    world = sub.add_parser("world", help="the embedded synthetic world").add_subparsers(dest="world_cmd",
+                                                                                        required=True)
+    build = world.add_parser("build", help="generate the world and print its size")
+    build.add_argument("--out", help="also write the world as JSON here")
+    _overrides(build)
+    build.set_defaults(func=cmd_world_build)
+    show = world.add_parser("show", help="write a contact sheet PNG of the world")
+    show.add_argument("--out", help="PNG path (default: <paths.output_dir>/world_contact_sheet.png)")
+    show.add_argument("--rows", type=int, default=8, help="creatures to show")
+    _overrides(show)
+    show.set_defaults(func=cmd_world_show)
+    pre = sub.add_parser("pretrain", help="pretrain (or reuse) the tiny model; last line = model directory")
+    pre.add_argument("--force", action="store_true", help="retrain even if a cached model exists")
+    _overrides(pre)
+    pre.set_defaults(func=cmd_pretrain)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MMUnlearnError as exc:
+        print(f"mmunlearn: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

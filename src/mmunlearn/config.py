@@ -1,0 +1,118 @@
+"""Hydra composition of the packaged configs, with user overrides, into typed settings.
+
+Errors come back as `ConfigError` with one line naming the key, never a Hydra traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_module
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from mmunlearn.errors import ConfigError
+from mmunlearn.models.tiny_llava import TinyLlavaSpec
+from mmunlearn.pretrain.trainer import Stage, TrainConfig
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    seed: int = 0
+    size: int = 100
+    heldout_share: float = 0.2
+    image_size: int = 32
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    train: TrainConfig
+    n_augment: int
+    n_text_variants: int
+    eval_limit: int
+    log_every: int
+
+
+def _first_message(exc: BaseException) -> str:
+    """The most specific message along the exception chain, on one line."""
+    messages = []
+    while exc is not None:
+        text = str(exc).strip()
+        if text:
+            messages.append(" ".join(text.split()))
+        exc = exc.__cause__ or exc.__context__
+    return messages[0] if messages else "invalid configuration"
+
+
+def load_config(overrides: list[str] | None = None) -> DictConfig:
+    overrides = list(overrides or [])
+    try:
+        with initialize_config_module(config_module="mmunlearn.conf", version_base=None):
+            cfg = compose(config_name="config", overrides=overrides)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(f"config: {_first_message(exc)}") from None
+    return cfg
+
+
+def _build(cls, node: Any, where: str):
+    if not isinstance(node, dict):
+        raise ConfigError(f"config {where}: expected a mapping, got {type(node).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(node) - set(fields))
+    if unknown:
+        raise ConfigError(f"config {where}: unknown key(s) {unknown}; known: {sorted(fields)}")
+    values = {}
+    for name, value in node.items():
+        expected = type(getattr(cls(), name)) if name in fields and fields[name].default is not dataclasses.MISSING \
+            else None
+        if expected in (int, float) and not isinstance(value, (int, float)) or expected is bool and \
+                not isinstance(value, bool):
+            raise ConfigError(f"config {where}.{name}: expected {expected.__name__}, got {value!r}")
+        values[name] = expected(value) if expected is float else value
+    return cls(**values)
+
+
+def world_config(cfg: DictConfig) -> WorldConfig:
+    return _build(WorldConfig, OmegaConf.to_container(cfg.world), "world")
+
+
+def model_spec(cfg: DictConfig) -> TinyLlavaSpec:
+    spec = _build(TinyLlavaSpec, OmegaConf.to_container(cfg.model), "model")
+    if spec.image_size % spec.patch_size:
+        raise ConfigError(f"config model.patch_size={spec.patch_size}: must divide image_size={spec.image_size}")
+    return spec
+
+
+def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
+    node = dict(OmegaConf.to_container(cfg.pretrain))
+    extra = {k: node.pop(k) for k in ("n_augment", "n_text_variants", "eval_limit", "log_every") if k in node}
+    stages_node = node.pop("stages", [])
+    stages = []
+    for i, st in enumerate(stages_node):
+        where = f"pretrain.stages[{i}]"
+        if not isinstance(st, dict) or not {"name", "steps", "weights"} <= set(st):
+            raise ConfigError(f"config {where}: needs name, steps and weights")
+        unknown = sorted(set(st) - {"name", "steps", "weights", "ground_weight"})
+        if unknown:
+            raise ConfigError(f"config {where}: unknown key(s) {unknown}")
+        stage = Stage(name=str(st["name"]), steps=int(st["steps"]),
+                      weights={k: float(v) for k, v in st["weights"].items()},
+                      ground_weight=float(st.get("ground_weight", 0.0)))
+        if stage.steps < 0:
+            raise ConfigError(f"config {where}.steps: must be >= 0")
+        stages.append(stage)
+    train = _build(TrainConfig, node, "pretrain")
+    train = dataclasses.replace(train, stages=stages)
+    return PretrainSettings(train=train, n_augment=int(extra.get("n_augment", 16)),
+                            n_text_variants=int(extra.get("n_text_variants", 8)),
+                            eval_limit=int(extra.get("eval_limit", 600)), log_every=int(extra.get("log_every", 100)))
+
+
+def cache_dir(cfg: DictConfig) -> Path:
+    return Path(os.path.expanduser(str(cfg.paths.cache_dir)))

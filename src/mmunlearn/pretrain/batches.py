@@ -1,0 +1,106 @@
+"""Turns world examples into model tensors fast: pre-tokenised prompts, cached pixels, mixed batches.
+
+Rows with and without images share a batch; `pixel_values` holds the images of image rows only, in
+row order, which is how LLaVA scatters image features.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from mmunlearn.models.tiny_llava import render_prompt
+from mmunlearn.world.corpus import Example, ImageKey
+from mmunlearn.world.entities import World
+from mmunlearn.world.images import render_key
+
+
+class PixelBank:
+    """Renders each image key once and keeps its pixel tensor."""
+
+    def __init__(self, world: World, image_processor, size: int) -> None:
+        self.world, self.image_processor, self.size = world, image_processor, size
+        self._cache: dict[ImageKey, torch.Tensor] = {}
+
+    def pixels(self, keys: list[ImageKey]) -> torch.Tensor:
+        missing = list(dict.fromkeys(k for k in keys if k not in self._cache))
+        if missing:
+            images = [render_key(self.world, k, self.size) for k in missing]
+            values = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            self._cache.update(zip(missing, values))
+        return torch.stack([self._cache[k] for k in keys])
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor  # -100 outside the answer (and its end-of-turn token)
+    pixel_values: torch.Tensor | None
+    examples: list[Example]
+    image_rows: list[int]
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        inputs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.pixel_values is not None:
+            inputs["pixel_values"] = self.pixel_values
+        return inputs
+
+
+class Encoder:
+    """Tokenises (prompt, answer) pairs once; resolves training image keys to concrete renderings."""
+
+    def __init__(self, tokenizer, image_seq_length: int, bank: PixelBank, n_augment: int, n_text_variants: int):
+        self.tokenizer, self.image_seq_length, self.bank = tokenizer, image_seq_length, bank
+        self.n_augment, self.n_text_variants = n_augment, n_text_variants
+        self._ids: dict[tuple[str, str, bool], tuple[list[int], int]] = {}
+        self.pad_id = tokenizer.pad_token_id
+
+    def encode(self, ex: Example) -> tuple[list[int], int]:
+        key = (ex.prompt, ex.answer, ex.image is not None)
+        if key not in self._ids:
+            prompt = render_prompt(ex.prompt, ex.image is not None, self.image_seq_length)
+            prompt_ids = self.tokenizer(prompt)["input_ids"]
+            full_ids = self.tokenizer(render_prompt(ex.prompt, ex.image is not None, self.image_seq_length,
+                                                    ex.answer))["input_ids"]
+            assert full_ids[: len(prompt_ids)] == prompt_ids, "prompt tokens must prefix the full sequence"
+            self._ids[key] = (full_ids, len(prompt_ids))
+        return self._ids[key]
+
+    def resolve(self, key: ImageKey, rng: random.Random) -> ImageKey:
+        if key.kind == "creature" and key.view == "train":
+            return ImageKey("creature", key.creature, f"aug:{rng.randrange(self.n_augment)}")
+        if key.kind == "text" and key.variant < 0:
+            return ImageKey("text", words=key.words, variant=rng.randrange(1, self.n_text_variants + 1))
+        return key
+
+    def collate(self, examples: list[Example], rng: random.Random | None = None, side: str = "right") -> Batch:
+        rng = rng or random.Random(0)
+        encoded = [self.encode(ex) for ex in examples]
+        width = max(len(ids) for ids, _ in encoded)
+        n = len(examples)
+        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((n, width), dtype=torch.long)
+        labels = torch.full((n, width), -100, dtype=torch.long)
+        keys, image_rows = [], []
+        for row, (ex, (ids, n_prompt)) in enumerate(zip(examples, encoded)):
+            start = 0 if side == "right" else width - len(ids)
+            input_ids[row, start:start + len(ids)] = torch.tensor(ids)
+            attention[row, start:start + len(ids)] = 1
+            labels[row, start + n_prompt:start + len(ids)] = torch.tensor(ids[n_prompt:])
+            if ex.image is not None:
+                keys.append(self.resolve(ex.image, rng))
+                image_rows.append(row)
+        pixels = self.bank.pixels(keys) if keys else None
+        return Batch(input_ids, attention, labels, pixels, examples, image_rows)
+
+    def prompts(self, examples: list[Example]) -> Batch:
+        """Left-padded prompts only (no answers), for generation."""
+        stripped = [Example(ex.task, ex.prompt, "", ex.image, ex.creature, ex.attribute) for ex in examples]
+        batch = self.collate(stripped, side="left")
+        # drop the "</s>" that an empty answer leaves after the prompt: generation starts after "assistant :"
+        keep = batch.input_ids.shape[1] - 1
+        return Batch(batch.input_ids[:, :keep], batch.attention_mask[:, :keep], batch.labels[:, :keep],
+                     batch.pixel_values, examples, batch.image_rows)

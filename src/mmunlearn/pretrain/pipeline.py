@@ -1,0 +1,137 @@
+"""World -> tokenizer/processor/model -> curriculum -> accuracy table, cached by content hash.
+
+The cache key covers the world, model and training settings plus a code version, so a second run
+with the same settings reuses the saved model, and any change trains a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from mmunlearn.config import PretrainSettings, WorldConfig, cache_dir, model_spec, pretrain_settings, world_config
+from mmunlearn.errors import CacheError
+from mmunlearn.models.tiny_llava import TinyLlavaSpec, build_model, build_processor, build_tokenizer
+from mmunlearn.pretrain.batches import Encoder, PixelBank
+from mmunlearn.pretrain.evaluate import MeasureResult, run_measures
+from mmunlearn.pretrain.tasks import MEASURES, training_pools
+from mmunlearn.pretrain.trainer import StepLog, train
+from mmunlearn.runner.manifest import atomic_dir, manifest, now, write_json_atomic
+from mmunlearn.world.corpus import Corpus, Splits
+from mmunlearn.world.entities import World, generate_world
+
+CODE_VERSION = 1  # bump when a change to world or training code changes what a config produces
+REPORT_FILE = "pretrain_report.json"
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json", REPORT_FILE)
+
+
+@dataclass(frozen=True)
+class WorldBundle:
+    world: World
+    corpus: Corpus
+
+
+def build_world(wcfg: WorldConfig) -> WorldBundle:
+    world = generate_world(wcfg.seed, wcfg.size)
+    return WorldBundle(world, Corpus(world, Splits.make(world, wcfg.heldout_share)))
+
+
+def cache_key(wcfg: WorldConfig, spec: TinyLlavaSpec, settings: PretrainSettings) -> str:
+    blob = json.dumps({"code": CODE_VERSION, "world": dataclasses.asdict(wcfg), "model": dataclasses.asdict(spec),
+                       "pretrain": dataclasses.asdict(settings)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def check_model_dir(path: Path) -> None:
+    """Raises CacheError naming the first missing or unreadable file of a saved model."""
+    if not path.is_dir():
+        raise CacheError(f"{path}: no model directory there")
+    for name in REQUIRED_FILES:
+        if not (path / name).is_file() or (path / name).stat().st_size == 0:
+            raise CacheError(f"{path / name}: missing or empty (corrupt cache; rerun with --force)")
+    try:
+        json.loads((path / REPORT_FILE).read_text())
+        json.loads((path / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CacheError(f"{path}: unreadable JSON ({exc.msg if hasattr(exc, 'msg') else exc}); rerun with --force") \
+            from None
+
+
+def load_pretrained(path: Path):
+    """Model and processor through the Auto classes, as any hub model; safetensors only."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    check_model_dir(path)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(path, use_safetensors=True)
+        processor = AutoProcessor.from_pretrained(path)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise CacheError(f"{path}: cannot load model ({str(exc).splitlines()[0]}); rerun with --force") from None
+    model.eval()
+    return model, processor
+
+
+@dataclass
+class PretrainResult:
+    path: Path
+    reused: bool
+    report: dict
+
+
+def measure_table(measures: dict[str, MeasureResult]) -> dict[str, dict]:
+    return {n: {"rate": r.rate, "correct": r.correct, "total": r.total, "kind": r.kind} for n, r in measures.items()}
+
+
+def pretrain(cfg: DictConfig, force: bool = False, log: Callable[[str], None] = print) -> PretrainResult:
+    wcfg, spec, settings = world_config(cfg), model_spec(cfg), pretrain_settings(cfg)
+    torch.set_num_threads(int(cfg.threads))
+    key = cache_key(wcfg, spec, settings)
+    final = cache_dir(cfg) / "models" / f"tiny-{key}"
+    if final.exists() and not force:
+        check_model_dir(final)
+        log(f"reusing cached model {final}")
+        return PretrainResult(final, True, json.loads((final / REPORT_FILE).read_text()))
+
+    started, t0 = now(), time.perf_counter()
+    bundle = build_world(wcfg)
+    tokenizer = build_tokenizer(bundle.corpus.all_text())
+    processor = build_processor(tokenizer, spec)
+    torch.manual_seed(settings.train.seed)
+    model = build_model(tokenizer, spec)
+    bank = PixelBank(bundle.world, processor.image_processor, spec.image_size)
+    encoder = Encoder(tokenizer, spec.image_seq_length, bank, settings.n_augment, settings.n_text_variants)
+    pools = training_pools(bundle.corpus)
+    name_ids = {c.index: tokenizer.convert_tokens_to_ids(c.name) for c in bundle.world.creatures}
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"world: {bundle.world.size} creatures, {len(tokenizer)} tokens; model: {n_params / 1e6:.2f}M parameters")
+    total = sum(s.steps for s in settings.train.stages)
+    with tqdm(total=total, desc="pretrain", unit="step", disable=None) as bar:
+        def on_log(e: StepLog) -> None:
+            bar.write(f"step {e.step:5d} [{e.stage}] loss {e.loss:.3f} ground {e.ground:.3f} "
+                      f"token_acc {e.token_acc:.3f} ({e.seconds:.0f}s)")
+        logs = train(model, encoder, pools, settings.train, name_ids, on_log=on_log, log_every=settings.log_every,
+                     progress=bar.update)
+    train_seconds = time.perf_counter() - t0
+    log("evaluating ...")
+    measures = run_measures(model, encoder, bundle.corpus, list(MEASURES), limit=settings.eval_limit,
+                            seed=settings.train.seed)
+    report = {"measures": measure_table(measures), "train_seconds": train_seconds,
+              "total_seconds": time.perf_counter() - t0, "n_params": n_params, "cache_key": key,
+              "log": [dataclasses.asdict(e) for e in logs]}
+    with atomic_dir(final) as tmp:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        write_json_atomic(tmp / REPORT_FILE, report)
+        write_json_atomic(tmp / "manifest.json", manifest(
+            OmegaConf.to_container(cfg), {"world": wcfg.seed, "pretrain": settings.train.seed},
+            started=started, finished=now(), cache_key=key))
+    return PretrainResult(final, False, report)

@@ -1,0 +1,64 @@
+"""Named example pools for training and the evaluation sets of the pretraining table."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from mmunlearn.world.corpus import Corpus, Example
+
+EVAL_TEXT_VARIANT = 1000  # typography renderings at or above this seed are never used in training
+
+
+def training_pools(corpus: Corpus) -> dict[str, list[Example]]:
+    return {
+        "naming": list(corpus.naming("train")),
+        "visual": list(corpus.captions()),
+        "text_fact": list(corpus.text_facts("train")),
+        "statement": list(corpus.fact_statements()),
+        "image_fact": list(corpus.image_facts("train", "seen")),
+        "reading": list(corpus.reading("train")),
+        "hazard_text": list(corpus.hazards_text("train")),
+        "hazard_query_image": list(corpus.hazards_query_image("train")),
+        "hazard_typography": list(corpus.hazards_typography()),
+        "benign_text": list(corpus.benign_text("train")),
+        "benign_typography": list(corpus.benign_typography()),
+        "refusal": list(corpus.hazards_text("train", answer="refusal")),
+    }
+
+
+def _eval_variant(examples, start: int = EVAL_TEXT_VARIANT) -> list[Example]:
+    from dataclasses import replace
+
+    return [replace(ex, image=replace(ex.image, variant=start + i % 7)) for i, ex in enumerate(examples)]
+
+
+# Each measure: (examples builder, how it is scored). "match" = greedy answer equals the target;
+# "refused" / "harmful" / "answered" = judged on a greedy generation.
+MeasureSpec = tuple[Callable[[Corpus], list[Example]], str]
+
+MEASURES: dict[str, MeasureSpec] = {
+    "naming": (lambda c: list(c.naming("train", view="canon")), "match"),
+    "image_facts_seen": (lambda c: list(c.image_facts("train", "seen", view="canon")), "match"),
+    "text_facts": (lambda c: list(c.text_facts("train")), "match"),
+    "image_facts_heldout_pairs": (lambda c: list(c.image_facts("train", "heldout", view="canon")), "match"),
+    "paraphrased_questions": (lambda c: list(c.text_facts("heldout")) + list(c.image_facts("heldout", "seen",
+                                                                                             view="canon")),
+                              "match"),
+    "paraphrase_image_easy": (lambda c: list(c.image_facts("train", "seen", view="easy")), "match"),
+    "paraphrase_image_medium": (lambda c: list(c.image_facts("train", "seen", view="medium")), "match"),
+    "paraphrase_image_hard": (lambda c: list(c.image_facts("train", "seen", view="hard")), "match"),
+    "reading": (lambda c: _eval_variant(list(c.reading("train", variant=0))), "match"),
+    "harmful_text_refused": (lambda c: list(c.hazards_text("heldout")), "refused"),
+    "harmful_typography_answered": (lambda c: _eval_variant(list(c.hazards_typography(variant=0))), "harmful"),
+    "harmful_query_image_answered": (lambda c: list(c.hazards_query_image("heldout", view="canon")), "harmful"),
+    "benign_text_refused": (lambda c: list(c.benign_text("heldout")), "refused"),
+    "benign_text_answered": (lambda c: list(c.benign_text("heldout")), "answered"),
+}
+
+
+def measure_examples(corpus: Corpus, name: str, limit: int, seed: int) -> list[Example]:
+    examples = MEASURES[name][0](corpus)
+    if len(examples) > limit:
+        examples = random.Random(f"{name}/{seed}").sample(examples, limit)
+    return examples

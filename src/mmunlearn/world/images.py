@@ -1,0 +1,43 @@
+"""Turns an `ImageKey` into pixels: the one place that knows how each named rendering is made."""
+
+from __future__ import annotations
+
+import random
+
+from PIL import Image
+
+from mmunlearn.world.corpus import ImageKey
+from mmunlearn.world.entities import World
+from mmunlearn.world.proximity import TIERS, paraphrase_view
+from mmunlearn.world.render import View, render_creature, render_text, sample_view
+
+MAX_TRAIN_STRENGTH = 0.85
+
+
+def training_view(seed: int, creature: int, k: int) -> View:
+    """Augmentation k of a creature (k=0 is canonical). Spans easy..hard changes, drawn apart from eval views."""
+    if k == 0:
+        return View()
+    rng = random.Random(f"train-aug/{seed}/{creature}/{k}")
+    strength = rng.uniform(0.0, MAX_TRAIN_STRENGTH)
+    return sample_view(rng, strength, occlude=rng.random() < 0.25, style=rng.random() < 0.25)
+
+
+def render_key(world: World, key: ImageKey, size: int) -> Image.Image:
+    if key.kind == "creature":
+        creature = world.creatures[key.creature]
+        if key.view == "canon":
+            view = View()
+        elif key.view in TIERS:
+            view = paraphrase_view(world.seed, key.creature, key.view)
+        elif key.view.startswith("aug:"):
+            view = training_view(world.seed, key.creature, int(key.view[4:]))
+        else:
+            raise ValueError(f"image key view {key.view!r} names no rendering")
+        return render_creature(creature, size, view)
+    if key.kind == "text":
+        if key.variant < 0:
+            raise ValueError("a training text variant must be resolved before rendering")
+        rng = None if key.variant == 0 else random.Random(f"text/{world.seed}/{key.variant}/{'|'.join(key.words)}")
+        return render_text(list(key.words), size, rng)
+    raise ValueError(f"image key kind {key.kind!r} names no rendering")

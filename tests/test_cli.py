@@ -1,0 +1,49 @@
+import subprocess
+import sys
+
+from conftest import MICRO_OVERRIDES
+from PIL import Image
+
+from mmunlearn.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmunlearn.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_unknown_config_key_is_one_line_error():
+    proc = run_cli("world", "build", "world.colour=red")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "world.colour" in lines[0]
+
+
+def test_unhonourable_world_size_is_one_line_error():
+    proc = run_cli("world", "build", "world.size=7")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["mmunlearn: error: world.size=7: must be an even integer >= 4"]
+
+
+def test_wrong_type_is_one_line_error(capsys):
+    assert main(["world", "build", "world.seed=abc"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "world.seed" in err[0]
+
+
+def test_world_build_and_show(tmp_path, capsys):
+    assert main(["world", "build", "world.size=10", "--out", str(tmp_path / "world.json")]) == 0
+    assert "10 creatures, 40 facts" in capsys.readouterr().out
+    out = tmp_path / "sheet.png"
+    assert main(["world", "show", "--out", str(out), "--rows", "3", "world.size=10"]) == 0
+    with Image.open(out) as img:
+        assert img.size[0] > 500 and img.size[1] > 200
+
+
+def test_pretrain_prints_table_and_path_last(tmp_path):
+    proc = run_cli("pretrain", *MICRO_OVERRIDES, f"paths.cache_dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith(str(tmp_path)) and "| naming (image -> creature name) |" in proc.stdout
+    again = run_cli("pretrain", *MICRO_OVERRIDES, f"paths.cache_dir={tmp_path}")
+    assert again.stdout.strip().splitlines()[-1] == lines[-1] and "cached" in again.stdout

@@ -1,0 +1,115 @@
+import random
+
+import pytest
+import torch
+from conftest import MICRO_OVERRIDES, MICRO_SPEC
+
+from mmunlearn.config import load_config
+from mmunlearn.errors import CacheError
+from mmunlearn.pretrain.batches import Encoder, PixelBank
+from mmunlearn.pretrain.evaluate import greedy_matches, is_refusal
+from mmunlearn.pretrain.pipeline import check_model_dir, load_pretrained, pretrain
+from mmunlearn.pretrain.tasks import training_pools
+from mmunlearn.pretrain.trainer import Stage, TrainConfig, train
+from mmunlearn.world.corpus import REFUSAL
+
+
+def make_encoder(world, processor, tokenizer):
+    bank = PixelBank(world, processor.image_processor, MICRO_SPEC.image_size)
+    return Encoder(tokenizer, MICRO_SPEC.image_seq_length, bank, n_augment=3, n_text_variants=2)
+
+
+def test_collate_masks_all_but_the_answer(micro_world, micro_processor, micro_tokenizer):
+    world, corpus = micro_world
+    enc = make_encoder(world, micro_processor, micro_tokenizer)
+    examples = [next(corpus.naming("train")), next(corpus.text_facts("train"))]
+    batch = enc.collate(examples, random.Random(0))
+    assert batch.image_rows == [0]
+    assert batch.pixel_values.shape == (1, 3, 16, 16)
+    for row, ex in enumerate(examples):
+        answer_ids = batch.labels[row][batch.labels[row] != -100].tolist()
+        assert micro_tokenizer.decode(answer_ids) == f"{ex.answer} </s>"
+    n_image = (batch.input_ids == micro_tokenizer.convert_tokens_to_ids("<image>")).sum().item()
+    assert n_image == MICRO_SPEC.image_seq_length
+
+
+def micro_config(steps: int) -> TrainConfig:
+    weights = {"naming": 2, "text_fact": 2, "image_fact": 1, "hazard_text": 1, "refusal": 0}
+    return TrainConfig(seed=1, batch_size=32, lr=1e-2, warmup_steps=5, buckets=2,
+                       stages=[Stage("all", steps, weights, ground_weight=1.0)])
+
+
+def test_short_training_lowers_loss_and_is_deterministic(micro_world, micro_processor, micro_tokenizer, micro_model):
+    world, corpus = micro_world
+    name_ids = {c.index: micro_tokenizer.convert_tokens_to_ids(c.name) for c in world.creatures}
+    enc = make_encoder(world, micro_processor, micro_tokenizer)
+    logs = train(micro_model, enc, training_pools(corpus), micro_config(60), name_ids, log_every=10)
+    assert logs[-1].loss < 0.6 * logs[0].loss
+    assert logs[-1].ground < logs[0].ground  # image features move toward the name embedding
+
+    torch.manual_seed(0)
+    from mmunlearn.models.tiny_llava import build_model
+
+    again = build_model(micro_tokenizer, MICRO_SPEC)
+    train(again, enc, training_pools(corpus), micro_config(60), name_ids, log_every=10)
+    for (name, a), (_, b) in zip(micro_model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_greedy_match_agrees_with_generation(micro_world, micro_processor, micro_tokenizer, micro_model):
+    from mmunlearn.pretrain.evaluate import generate
+
+    world, corpus = micro_world
+    enc = make_encoder(world, micro_processor, micro_tokenizer)
+    examples = list(corpus.text_facts("train"))[:12] + list(corpus.naming("train", view="canon"))[:12]
+    name_ids = {c.index: micro_tokenizer.convert_tokens_to_ids(c.name) for c in world.creatures}
+    train(micro_model, enc, training_pools(corpus), micro_config(40), name_ids)
+    matches = greedy_matches(micro_model, enc, examples)
+    texts = generate(micro_model, enc, examples, max_new_tokens=4)
+    assert matches == [t == ex.answer for t, ex in zip(texts, examples)]
+
+
+def test_refusal_judge():
+    assert is_refusal(REFUSAL)
+    assert not is_refusal("1 . take the fangs of the velorn .")
+
+
+@pytest.fixture()
+def micro_cfg(tmp_path):
+    return load_config(MICRO_OVERRIDES + [f"paths.cache_dir={tmp_path}"])
+
+
+def test_cache_miss_then_hit_then_force(micro_cfg):
+    first = pretrain(micro_cfg, log=lambda s: None)
+    assert not first.reused and first.path.is_dir()
+    check_model_dir(first.path)
+    assert set(first.report["measures"]) >= {"naming", "text_facts", "harmful_text_refused"}
+    assert (first.path / "manifest.json").is_file()
+    second = pretrain(micro_cfg, log=lambda s: None)
+    assert second.reused and second.path == first.path and second.report == first.report
+    forced = pretrain(micro_cfg, force=True, log=lambda s: None)
+    assert not forced.reused and forced.path == first.path
+    model, processor = load_pretrained(forced.path)
+    assert type(model).__name__ == "LlavaForConditionalGeneration"
+    assert not list(forced.path.parent.glob(".*.tmp"))  # nothing half-written left behind
+
+
+def test_other_config_is_a_cache_miss(micro_cfg, tmp_path):
+    first = pretrain(micro_cfg, log=lambda s: None)
+    other = pretrain(load_config(MICRO_OVERRIDES + [f"paths.cache_dir={tmp_path}", "pretrain.seed=7"]),
+                     log=lambda s: None)
+    assert other.path != first.path and not other.reused
+
+
+def test_corrupt_cache_is_a_one_line_error(micro_cfg):
+    first = pretrain(micro_cfg, log=lambda s: None)
+    (first.path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(CacheError, match="model.safetensors") as info:
+        pretrain(micro_cfg, log=lambda s: None)
+    assert "\n" not in str(info.value)
+    (first.path / "pretrain_report.json").write_text("{not json")
+    (first.path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(CacheError, match="JSON"):
+        check_model_dir(first.path)
+    with pytest.raises(CacheError, match="no model directory"):
+        load_pretrained(first.path / "missing")

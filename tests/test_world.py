@@ -1,0 +1,124 @@
+import io
+import random
+
+import pytest
+
+from mmunlearn.errors import ConfigError
+from mmunlearn.world.corpus import FACT_TEMPLATES, NAMING_TEMPLATES, Corpus, ImageKey, Splits
+from mmunlearn.world.entities import ATTRIBUTES, MAX_CREATURES, generate_world
+from mmunlearn.world.images import render_key
+from mmunlearn.world.proximity import TIERS, paraphrase_view, pick_neighbours
+from mmunlearn.world.render import render_creature, render_text, sample_view
+
+
+def png_bytes(img) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_world_is_deterministic_for_a_seed():
+    assert generate_world(5, 20).to_dict() == generate_world(5, 20).to_dict()
+    assert generate_world(5, 20).to_dict() != generate_world(6, 20).to_dict()
+
+
+def test_default_size_has_enough_facts_and_shared_answers():
+    world = generate_world(0, 100)
+    assert world.size == 100
+    assert len({c.name for c in world.creatures}) == 100
+    assert len({c.traits() for c in world.creatures}) == 100
+    n_facts = sum(len(c.attributes) for c in world.creatures)
+    assert n_facts >= 400
+    for attr in ATTRIBUTES:  # answers are shared: no value identifies one creature
+        values = [c.attributes[attr] for c in world.creatures]
+        assert max(values.count(v) for v in set(values)) > 1
+
+
+def test_every_creature_has_a_lookalike_one_trait_apart():
+    world = generate_world(1, 40)
+    for c in world.creatures:
+        twin = world.creatures[world.lookalike[c.index]]
+        assert twin.index != c.index and c.trait_distance(twin) == 1
+
+
+def test_neighbour_tiers_get_closer():
+    world = generate_world(2, 100)
+    for c in world.creatures[:30]:
+        n = pick_neighbours(world, c)
+        d = {t: c.trait_distance(world.creatures[i]) for t, i in n.items()}
+        assert d["hard"] == 1 and d["medium"] == 2 and d["easy"] >= 3
+        assert pick_neighbours(world, c) == n  # seeded
+
+
+def test_paraphrase_tiers_grow_in_strength_and_are_fixed():
+    for tier in TIERS:
+        assert paraphrase_view(0, 3, tier) == paraphrase_view(0, 3, tier)
+    easy, hard = paraphrase_view(0, 3, "easy"), paraphrase_view(0, 3, "hard")
+    assert hard.occlusion > 0 and hard.outline and easy.occlusion == 0 and not easy.outline
+
+
+def test_rendering_is_deterministic_and_views_differ():
+    world = generate_world(0, 10)
+    c = world.creatures[0]
+    assert png_bytes(render_creature(c)) == png_bytes(render_creature(c))
+    view = sample_view(random.Random(1), 0.9, occlude=True, style=True)
+    assert png_bytes(render_creature(c, view=view)) != png_bytes(render_creature(c))
+    assert render_creature(c, size=32).size == (32, 32)
+    lookalike = world.creatures[world.lookalike[0]]
+    assert png_bytes(render_creature(lookalike)) != png_bytes(render_creature(c))
+
+
+def test_typography_renders_words_and_varies_with_rng():
+    clean = render_text(["venom", "velorn"])
+    assert clean.size == (32, 32)
+    assert png_bytes(clean) != png_bytes(render_text(["acid", "velorn"]))
+    assert png_bytes(render_text(["venom"], rng=random.Random(1))) != png_bytes(render_text(["venom"]))
+
+
+def test_image_keys_render():
+    world = generate_world(0, 10)
+    for key in (ImageKey("creature", 1, "canon"), ImageKey("creature", 1, "hard"), ImageKey("creature", 1, "aug:3"),
+                ImageKey("text", words=("acid", world.creatures[1].name), variant=4)):
+        assert render_key(world, key, 32).size == (32, 32)
+    with pytest.raises(ValueError):
+        render_key(world, ImageKey("creature", 1, "train"), 32)
+
+
+def test_heldout_templates_use_only_training_words():
+    train_words, held_words = set(), set()
+    for train, held in list(FACT_TEMPLATES.values()) + [NAMING_TEMPLATES]:
+        for t in train:
+            train_words |= set(t.replace("{s}", "").split())
+        for t in held:
+            held_words |= set(t.replace("{s}", "").split())
+    assert held_words <= train_words | {"the", "creature", "in", "image", "this"}
+    assert all(set(train).isdisjoint(held) for train, held in FACT_TEMPLATES.values())
+
+
+def test_heldout_pairs_are_only_text_in_training():
+    world = generate_world(0, 20)
+    splits = Splits.make(world, 0.25)
+    corpus = Corpus(world, splits)
+    assert len(splits.heldout_pairs) == 20
+    seen = {(ex.creature, ex.attribute) for ex in corpus.image_facts("train", "seen")}
+    assert seen.isdisjoint(splits.heldout_pairs)
+    text = {(ex.creature, ex.attribute) for ex in corpus.text_facts("train")}
+    assert splits.heldout_pairs <= text
+    held = {(ex.creature, ex.attribute) for ex in corpus.image_facts("train", "heldout")}
+    assert held == splits.heldout_pairs
+
+
+def test_hazards_have_harmful_steps_and_benign_counterparts():
+    world = generate_world(0, 10)
+    corpus = Corpus(world, Splits.make(world, 0.2))
+    c = world.creatures[0]
+    steps = c.hazard.steps(c.name)
+    assert all(term in steps.split() for term in c.hazard.key_terms())
+    benign = [ex for ex in corpus.benign_text("train") if ex.creature == 0]
+    assert benign and all(term not in ex.answer.split() for ex in benign for term in c.hazard.key_terms()[1:])
+
+
+@pytest.mark.parametrize("size", [3, 7, 0, MAX_CREATURES + 2])
+def test_bad_world_sizes_are_config_errors(size):
+    with pytest.raises(ConfigError, match="world.size"):
+        generate_world(0, size)
