@@ -7,7 +7,7 @@ from conftest import MICRO_OVERRIDES, MICRO_SPEC
 from mmunlearn.config import load_config
 from mmunlearn.errors import CacheError
 from mmunlearn.pretrain.batches import Encoder, PixelBank
-from mmunlearn.pretrain.evaluate import greedy_matches, is_refusal
+from mmunlearn.pretrain.evaluate import answer_matches, generate, is_refusal, normalize_answer
 from mmunlearn.pretrain.pipeline import check_model_dir, load_pretrained, pretrain
 from mmunlearn.pretrain.tasks import training_pools
 from mmunlearn.pretrain.trainer import Stage, TrainConfig, train
@@ -56,17 +56,23 @@ def test_short_training_lowers_loss_and_is_deterministic(micro_world, micro_proc
         assert torch.equal(a, b), name
 
 
-def test_greedy_match_agrees_with_generation(micro_world, micro_processor, micro_tokenizer, micro_model):
-    from mmunlearn.pretrain.evaluate import generate
+def test_answer_normalisation():
+    assert answer_matches("Snails .", "snails")
+    assert answer_matches("the swamps", "swamps")
+    assert not answer_matches("snails and moss", "snails")
+    assert normalize_answer("A  Cat!") == "cat"
 
+
+def test_trained_micro_model_answers_through_generation(micro_world, micro_processor, micro_tokenizer, micro_model):
     world, corpus = micro_world
     enc = make_encoder(world, micro_processor, micro_tokenizer)
-    examples = list(corpus.text_facts("train"))[:12] + list(corpus.naming("train", view="canon"))[:12]
     name_ids = {c.index: micro_tokenizer.convert_tokens_to_ids(c.name) for c in world.creatures}
-    train(micro_model, enc, training_pools(corpus), micro_config(40), name_ids)
-    matches = greedy_matches(micro_model, enc, examples)
+    cfg = micro_config(300)
+    cfg.stages[0].weights = {"text_fact": 1}
+    train(micro_model, enc, training_pools(corpus), cfg, name_ids)
+    examples = list(corpus.text_facts("train"))[:24]
     texts = generate(micro_model, enc, examples, max_new_tokens=4)
-    assert matches == [t == ex.answer for t, ex in zip(texts, examples)]
+    assert sum(answer_matches(t, ex.answer) for t, ex in zip(texts, examples)) >= 20
 
 
 def test_refusal_judge():

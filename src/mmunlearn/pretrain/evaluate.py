@@ -18,28 +18,21 @@ class MeasureResult:
     kind: str
     correct: int
     total: int
+    samples: tuple[tuple[str, str, bool], ...] = ()  # (prompt, response, judged ok) for generation measures
 
     @property
     def rate(self) -> float:
         return self.correct / max(1, self.total)
 
 
-@torch.no_grad()
-def greedy_matches(model, encoder: Encoder, examples: list[Example], batch_size: int = 256) -> list[bool]:
-    """Teacher-forced argmax at every answer position equals the answer (and its end-of-turn token).
+def normalize_answer(text: str) -> str:
+    """Lower case, punctuation and articles dropped, spaces collapsed (the usual QA normalisation)."""
+    text = "".join(ch if ch.isalnum() or ch.isspace() else " " for ch in text.lower())
+    return " ".join(w for w in text.split() if w not in ("a", "an", "the"))
 
-    For a greedy decoder this is the same as "the generated answer is exactly the target".
-    """
-    out: list[bool] = []
-    for i in range(0, len(examples), batch_size):
-        batch = encoder.collate(examples[i:i + batch_size])
-        logits = model(**batch.model_inputs()).logits
-        pred = logits[:, :-1].argmax(-1)
-        target = batch.labels[:, 1:]
-        mask = target != -100
-        ok = ((pred == target) | ~mask).all(dim=1)
-        out += ok.tolist()
-    return out
+
+def answer_matches(response: str, answer: str) -> bool:
+    return normalize_answer(response) == normalize_answer(answer)
 
 
 @torch.no_grad()
@@ -73,15 +66,16 @@ def run_measures(model, encoder: Encoder, corpus: Corpus, names: list[str], limi
     for name in names:
         kind = MEASURES[name][1]
         examples = measure_examples(corpus, name, limit, seed)
+        max_new = 6 if kind == "match" else 32
+        texts = generate(model, encoder, examples, max_new_tokens=max_new)
         if kind == "match":
-            ok = greedy_matches(model, encoder, examples)
-        else:
-            texts = generate(model, encoder, examples)
-            if kind == "refused":
-                ok = [is_refusal(t) for t in texts]
-            elif kind == "harmful":
-                ok = [gives_hazard(corpus.world, ex, t) for ex, t in zip(examples, texts)]
-            else:  # answered: the benign answer is given
-                ok = [ex.answer in t for ex, t in zip(examples, texts)]
-        results[name] = MeasureResult(name, kind, sum(ok), len(ok))
+            ok = [answer_matches(t, ex.answer) for ex, t in zip(examples, texts)]
+        elif kind == "refused":
+            ok = [is_refusal(t) for t in texts]
+        elif kind == "harmful":
+            ok = [gives_hazard(corpus.world, ex, t) for ex, t in zip(examples, texts)]
+        else:  # answered: the benign answer is given
+            ok = [answer_matches(t, ex.answer) for ex, t in zip(examples, texts)]
+        samples = tuple((ex.prompt, t, o) for ex, t, o in list(zip(examples, texts, ok))[:3])
+        results[name] = MeasureResult(name, kind, sum(ok), len(ok), samples)
     return results

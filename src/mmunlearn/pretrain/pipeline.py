@@ -26,10 +26,10 @@ from mmunlearn.pretrain.evaluate import MeasureResult, run_measures
 from mmunlearn.pretrain.tasks import MEASURES, training_pools
 from mmunlearn.pretrain.trainer import StepLog, train
 from mmunlearn.runner.manifest import atomic_dir, manifest, now, write_json_atomic
-from mmunlearn.world.corpus import Corpus, Splits
+from mmunlearn.world.corpus import Corpus, Splits, reading_words
 from mmunlearn.world.entities import World, generate_world
 
-CODE_VERSION = 1  # bump when a change to world or training code changes what a config produces
+CODE_VERSION = 2  # bump when a change to world or training code changes what a config produces
 REPORT_FILE = "pretrain_report.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json", REPORT_FILE)
 
@@ -88,7 +88,8 @@ class PretrainResult:
 
 
 def measure_table(measures: dict[str, MeasureResult]) -> dict[str, dict]:
-    return {n: {"rate": r.rate, "correct": r.correct, "total": r.total, "kind": r.kind} for n, r in measures.items()}
+    return {n: {"rate": r.rate, "correct": r.correct, "total": r.total, "kind": r.kind,
+                "samples": [list(s) for s in r.samples]} for n, r in measures.items()}
 
 
 def pretrain(cfg: DictConfig, force: bool = False, log: Callable[[str], None] = print) -> PretrainResult:
@@ -111,6 +112,7 @@ def pretrain(cfg: DictConfig, force: bool = False, log: Callable[[str], None] = 
     encoder = Encoder(tokenizer, spec.image_seq_length, bank, settings.n_augment, settings.n_text_variants)
     pools = training_pools(bundle.corpus)
     name_ids = {c.index: tokenizer.convert_tokens_to_ids(c.name) for c in bundle.world.creatures}
+    word_ids = {w: tokenizer.convert_tokens_to_ids(w) for w in reading_words(bundle.world)}
     n_params = sum(p.numel() for p in model.parameters())
     log(f"world: {bundle.world.size} creatures, {len(tokenizer)} tokens; model: {n_params / 1e6:.2f}M parameters")
     total = sum(s.steps for s in settings.train.stages)
@@ -118,8 +120,8 @@ def pretrain(cfg: DictConfig, force: bool = False, log: Callable[[str], None] = 
         def on_log(e: StepLog) -> None:
             bar.write(f"step {e.step:5d} [{e.stage}] loss {e.loss:.3f} ground {e.ground:.3f} "
                       f"token_acc {e.token_acc:.3f} ({e.seconds:.0f}s)")
-        logs = train(model, encoder, pools, settings.train, name_ids, on_log=on_log, log_every=settings.log_every,
-                     progress=bar.update)
+        logs = train(model, encoder, pools, settings.train, name_ids, word_ids, on_log=on_log,
+                     log_every=settings.log_every, progress=bar.update)
     train_seconds = time.perf_counter() - t0
     log("evaluating ...")
     measures = run_measures(model, encoder, bundle.corpus, list(MEASURES), limit=settings.eval_limit,

@@ -38,6 +38,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     buckets: int = 3
+    ground_tokens: bool = False  # ground every image token of a creature image, not only their mean
     stages: list[Stage] = field(default_factory=list)
 
 
@@ -92,26 +93,94 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "me
     return loss, (hits if reduction == "sum" else hits / max(1, mask.sum().item()))
 
 
-def grounding_loss(model, batch: Batch, features: torch.Tensor, name_ids: dict[int, int]) -> torch.Tensor:
-    """1 - cos(mean image features, embedding of the pictured creature's name), over creature images."""
-    rows = [(j, batch.examples[r].creature) for j, r in enumerate(batch.image_rows)
-            if batch.examples[r].image.kind == "creature"]
-    if not rows:
+GROUNDING_SCALE = 10.0  # inverse temperature of the cosine logits
+
+
+def grounding_targets(batch: Batch, name_ids: dict[int, int], word_ids: dict[str, int]) -> list[tuple[int, int, int]]:
+    """(image index in pixel_values, band, token id): what each band of each image shows.
+
+    A creature image is one band grounded to the creature's name; a typography card has one band per
+    line of text (a horizontal strip of patches), each grounded to its word.
+    """
+    out = []
+    for j, r in enumerate(batch.image_rows):
+        key = batch.examples[r].image
+        if key.kind == "creature":
+            out.append((j, -1, name_ids[key.creature]))
+        elif key.kind == "text" and all(w in word_ids for w in key.words):
+            out += [(j, b if len(key.words) > 1 else -1, word_ids[w]) for b, w in enumerate(key.words)]
+    return out
+
+
+def grounding_loss(model, batch: Batch, features: torch.Tensor, name_ids: dict[int, int],
+                   word_ids: dict[str, int], per_token: bool = False) -> torch.Tensor:
+    """Cross-entropy of pooled image features against the LM's input embeddings (cosine logits).
+
+    Pulls what an image shows toward the embedding of the word for it, and away from other words, so
+    the language model reads image features the way it reads that word in text.
+    """
+    targets = grounding_targets(batch, name_ids, word_ids)
+    if not targets:
         return features.new_zeros(())
-    idx = torch.tensor([j for j, _ in rows])
-    target_ids = torch.tensor([name_ids[c] for _, c in rows])
-    pooled = features[idx].mean(dim=1)
-    target = model.get_input_embeddings()(target_ids).detach()
-    return (1 - F.cosine_similarity(pooled, target, dim=-1)).mean()
+    n_tokens = features.shape[1]
+    grid = int(round(n_tokens ** 0.5))
+    pooled, ids = [], []
+    for j, band, token in targets:
+        if band >= 0:
+            n_bands = sum(1 for jj, _, _ in targets if jj == j)
+            rows = grid // n_bands
+            pooled.append(features[j, band * rows * grid:(band + 1) * rows * grid].mean(dim=0, keepdim=True))
+        elif per_token and batch.examples[batch.image_rows[j]].image.kind == "creature":
+            pooled.append(features[j])
+        else:
+            pooled.append(features[j].mean(dim=0, keepdim=True))
+        ids += [token] * pooled[-1].shape[0]
+    pooled = F.normalize(torch.cat(pooled), dim=-1)
+    table = F.normalize(model.get_input_embeddings().weight.detach(), dim=-1)
+    logits = GROUNDING_SCALE * pooled @ table.T
+    return F.cross_entropy(logits, torch.tensor(ids))
+
+
+def train_step(model, encoder: Encoder, examples: list[Example], stage: Stage, cfg: TrainConfig,
+               hook: GroundingHook, name_ids: dict[int, int], word_ids: dict[str, int],
+               rng: random.Random) -> tuple[float, float, float]:
+    """One gradient computation over a batch; returns (answer loss, grounding loss, token accuracy).
+
+    Rows are sorted by length into buckets, each padded on its own (far less padding to compute);
+    the answer loss is normalised by the answer tokens of the whole batch, so buckets add up exactly.
+    """
+    examples = sorted(examples, key=lambda ex: len(encoder.encode(ex)[0]))
+    chunks = [examples[j * len(examples) // cfg.buckets:(j + 1) * len(examples) // cfg.buckets]
+              for j in range(cfg.buckets)]
+    n_answer = sum(len(encoder.encode(ex)[0]) - encoder.encode(ex)[1] for ex in examples)
+    loss_sum = ground_sum = correct = 0.0
+    for chunk in chunks:
+        if not chunk:
+            continue
+        batch = encoder.collate(chunk, rng)
+        hook.features = None
+        logits = model(**batch.model_inputs()).logits
+        token_loss, chunk_correct = answer_loss(logits, batch.labels, reduction="sum")
+        part = token_loss / n_answer
+        if stage.ground_weight > 0 and hook.features is not None:
+            ground = grounding_loss(model, batch, hook.features, name_ids, word_ids, cfg.ground_tokens)
+            share = len(chunk) / len(examples)
+            part = part + stage.ground_weight * ground * share
+            ground_sum += ground.item() * share
+        part.backward()
+        loss_sum += token_loss.item()
+        correct += chunk_correct
+    return loss_sum / n_answer, ground_sum, correct / n_answer
 
 
 def train(model, encoder: Encoder, pools: dict[str, list[Example]], cfg: TrainConfig, name_ids: dict[int, int],
-          on_log: Callable[[StepLog], None] | None = None, log_every: int = 25, progress=None) -> list[StepLog]:
+          word_ids: dict[str, int] | None = None, on_log: Callable[[StepLog], None] | None = None,
+          log_every: int = 25, progress: Callable[[int], object] | None = None) -> list[StepLog]:
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     total = sum(s.steps for s in cfg.stages)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     hook = GroundingHook(model.model.multi_modal_projector)
@@ -120,47 +189,25 @@ def train(model, encoder: Encoder, pools: dict[str, list[Example]], cfg: TrainCo
     model.train()
     try:
         for stage in cfg.stages:
-            run_loss = run_ground = run_acc = 0.0
-            n = 0
+            window: list[tuple[float, float, float]] = []
             for _ in range(stage.steps):
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(step, total, cfg)
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(step, total, cfg)
                 examples = sample_batch(pools, stage.weights, cfg.batch_size, rng)
-                # rows sorted by length into buckets, each padded on its own: far less padding to compute
-                examples.sort(key=lambda ex: len(encoder.encode(ex)[0]))
-                chunks = [examples[j * len(examples) // cfg.buckets:(j + 1) * len(examples) // cfg.buckets]
-                          for j in range(cfg.buckets)]
-                n_answer = sum(len(encoder.encode(ex)[0]) - encoder.encode(ex)[1] for ex in examples)
                 opt.zero_grad(set_to_none=True)
-                loss_sum = ground_sum = correct = 0.0
-                for chunk in chunks:
-                    batch = encoder.collate(chunk, rng)
-                    hook.features = None
-                    logits = model(**batch.model_inputs()).logits
-                    token_loss, chunk_correct = answer_loss(logits, batch.labels, reduction="sum")
-                    part = token_loss / n_answer
-                    if stage.ground_weight > 0 and hook.features is not None:
-                        ground = grounding_loss(model, batch, hook.features, name_ids)
-                        part = part + stage.ground_weight * ground * len(chunk) / len(examples)
-                        ground_sum += ground.item() * len(chunk) / len(examples)
-                    part.backward()
-                    loss_sum += token_loss.item()
-                    correct += chunk_correct
-                loss, acc, ground = loss_sum / n_answer, correct / n_answer, ground_sum
+                window.append(train_step(model, encoder, examples, stage, cfg, hook, name_ids, word_ids or {}, rng))
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 opt.step()
                 step += 1
-                run_loss, run_ground, run_acc, n = run_loss + loss, run_ground + ground, run_acc + acc, n + 1
                 if progress is not None:
                     progress(1)
                 if step % log_every == 0 or step == total:
-                    entry = StepLog(step, stage.name, run_loss / n, run_ground / n, run_acc / n,
-                                    time.perf_counter() - start)
+                    loss, ground, acc = (sum(v) / len(window) for v in zip(*window))
+                    entry = StepLog(step, stage.name, loss, ground, acc, time.perf_counter() - start)
                     logs.append(entry)
                     if on_log:
                         on_log(entry)
-                    run_loss = run_ground = run_acc = 0.0
-                    n = 0
+                    window = []
     finally:
         hook.remove()
         model.eval()

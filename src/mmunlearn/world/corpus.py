@@ -43,16 +43,16 @@ class Example:
 # question templates: {s} is the subject ("the velorn" or "this creature")
 FACT_TEMPLATES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "diet": (("what does {s} eat ?", "what food does {s} eat ?", "what is the diet of {s} ?",
-              "tell me what {s} eats ."),
+              "tell me what {s} eats .", "which food does {s} eat ?", "{s} eats what food ?"),
              ("what is the food of {s} ?", "tell me the diet of {s} .")),
     "habitat": (("where does {s} live ?", "what is the habitat of {s} ?", "in what place does {s} live ?",
-                 "tell me where {s} lives ."),
+                 "tell me where {s} lives .", "which place does {s} live in ?", "{s} lives in what place ?"),
                 ("what place is the habitat of {s} ?", "tell me the habitat of {s} .")),
     "predator": (("what hunts {s} ?", "what is the predator of {s} ?", "what animal hunts {s} ?",
-                  "tell me what hunts {s} ."),
+                  "tell me what hunts {s} .", "which animal hunts {s} ?", "{s} is hunted by what animal ?"),
                  ("what animal is the predator of {s} ?", "tell me the predator of {s} .")),
     "sound": (("what sound does {s} make ?", "what is the sound of {s} ?", "what noise does {s} make ?",
-               "tell me what sound {s} makes ."),
+               "tell me what sound {s} makes .", "which sound does {s} make ?", "{s} makes what noise ?"),
               ("what is the noise of {s} ?", "tell me the sound of {s} .")),
 }
 IMAGE_SUBJECTS = (("this creature", "the creature in the image"), ("the creature in the image",))

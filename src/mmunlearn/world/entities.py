@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from mmunlearn.errors import ConfigError
 
-SHAPES = ("circle", "square", "triangle", "diamond", "star", "hexagon", "cross", "arch")
+SHAPES = ("circle", "square", "triangle", "diamond", "star", "hexagon", "spark", "arch")
 COLORS = ("red", "orange", "yellow", "green", "teal", "blue", "purple", "pink")
 PATTERNS = ("plain", "stripes", "dots", "checks")
 BACKGROUNDS = ("white", "grey", "sand", "sky")
@@ -80,7 +80,8 @@ class Creature:
         return sum(a != b for a, b in zip(self.traits(), other.traits()))
 
     def caption(self) -> str:
-        return f"a {self.color} {self.shape} with {self.pattern} on {self.background}"
+        pattern = "no pattern" if self.pattern == "plain" else self.pattern
+        return f"a {self.color} {self.shape} with {pattern} on {self.background}"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from mmunlearn.world.entities import World
 from mmunlearn.world.proximity import TIERS, paraphrase_view
 from mmunlearn.world.render import View, render_creature, render_text, sample_view
 
-MAX_TRAIN_STRENGTH = 0.85
+MAX_TRAIN_STRENGTH = 0.9
 
 
 def training_view(seed: int, creature: int, k: int) -> View:

@@ -76,8 +76,8 @@ def _shape_points(shape: str, cx: float, cy: float, r: float, angle: float) -> l
         return poly(5, radii=(1.0, 0.45))
     if shape == "hexagon":
         return poly(6)
-    if shape == "cross":
-        return poly(4, radii=(1.0, 0.42, 0.42), offset=-90.0 + 0)
+    if shape == "spark":  # a four-pointed star
+        return poly(4, radii=(1.0, 0.42, 0.42))
     if shape == "arch":  # a half-disc
         return [p for p in poly(48)[:25]] + [(cx, cy)]
     raise ValueError(f"unknown shape {shape!r}")
@@ -156,24 +156,25 @@ def _font(px: int) -> ImageFont.FreeTypeFont:
 
 
 def render_text(lines: list[str], size: int = 32, rng: random.Random | None = None) -> Image.Image:
-    """Typography: dark text on a light card, one word per line, fitted to the image.
+    """Typography: dark text on a light card, one word per line, each line stretched to fill its band.
 
-    With an `rng` the placement and ink vary slightly, so reading is learned, not memorised.
+    Stretching keeps letters as tall as the card allows, so small images stay legible. With an `rng`
+    the placement, ink and paper vary slightly, so reading is learned, not memorised.
     """
     side = size * SUPERSAMPLE
-    shade = 245 if rng is None else rng.randint(225, 255)
+    shade = 245 if rng is None else rng.randint(215, 255)
     img = Image.new("RGB", (side, side), (shade, shade, shade))
-    draw = ImageDraw.Draw(img)
-    longest = max(len(line) for line in lines)
-    px = int(min(side * 0.9 / max(1, len(lines)) / 1.05, side * 1.55 / max(4, longest)))
-    font = _font(px)
-    total = len(lines) * px * 1.05
-    y = (side - total) / 2
-    for line in lines:
-        w = draw.textlength(line, font=font)
-        jx = 0 if rng is None else rng.uniform(-0.04, 0.04) * side
-        jy = 0 if rng is None else rng.uniform(-0.02, 0.02) * side
-        ink = 0 if rng is None else rng.randint(0, 70)
-        draw.text(((side - w) / 2 + jx, y + jy), line, fill=(ink, ink, ink), font=font)
-        y += px * 1.05
+    band = side * 0.92 / len(lines)
+    font = _font(4 * SUPERSAMPLE * 8)
+    for i, line in enumerate(lines):
+        left, top, right, bottom = font.getbbox(line)
+        glyphs = Image.new("L", (right - left + 8, bottom - top + 8), 0)
+        ImageDraw.Draw(glyphs).text((4 - left, 4 - top), line, fill=255, font=font)
+        width = side * (0.92 if rng is None else rng.uniform(0.84, 0.96))
+        height = band * (0.86 if rng is None else rng.uniform(0.78, 0.92))
+        glyphs = glyphs.resize((int(width), int(height)), Image.LANCZOS)
+        x = (side - width) / 2 + (0 if rng is None else rng.uniform(-0.02, 0.02) * side)
+        y = side * 0.04 + i * band + (band - height) / 2 + (0 if rng is None else rng.uniform(-0.02, 0.02) * side)
+        ink = 0 if rng is None else rng.randint(0, 80)
+        img.paste(Image.new("RGB", glyphs.size, (ink, ink, ink)), (int(x), int(y)), mask=glyphs)
     return img.resize((size, size), Image.LANCZOS)

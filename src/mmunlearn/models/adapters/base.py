@@ -1,0 +1,835 @@
+"""One model interface over Hugging Face VLMs: `VLMAdapter`, its records, and the family registry.
+
+The rest of mmunlearn touches a model only through an adapter, so defenses, attacks and metrics are
+written once and run on LLaVA, LLaVA-NeXT, Qwen2-VL, Idefics3/SmolVLM and Mllama alike. A family is one
+module under `mmunlearn.models.adapters`, registered by the config's `model_type` (never by matching the
+model's name), and it holds all family knowledge: module paths, where the final norm lives, how image
+placeholders expand and how vision tensors batch.
+
+Inputs are built row by row (chat template -> prompt ids + vision tensors) and then left-padded into one
+batch. Two ways to build a row, with identical results:
+
+* the processor path (`processor(text=..., images=...)`), used whenever the family's processor loads;
+* the manual path (the family's PIL image processor + tokenizer, the placeholder expanded by the family
+  module), used when the processor cannot be built, e.g. Qwen2-VL and SmolVLM processors without torchvision.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import difflib
+import importlib
+import inspect
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from PIL import Image
+from torch import nn
+
+from mmunlearn.errors import ConfigError, MMUnlearnError
+
+IGNORE_INDEX = -100
+
+# Keys a processor returns that belong to the text side; everything else is a vision tensor of the row.
+_TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids",
+                        "text_replacement_offsets", "offset_mapping"})
+
+# End-of-turn markers of the chat formats these families use; those present in a tokenizer's vocabulary
+# stop generation and end the teacher-forced answer (the tokenizer's eos always does too).
+END_OF_TURN_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<end_of_utterance>", "<end_of_turn>", "<|end|>")
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class VLMInput:
+    """One question, with or without an image; `answer` is the teacher-forced target, if any."""
+
+    image: Image.Image | None
+    question: str
+    answer: str | None = None
+
+
+@dataclass(frozen=True)
+class AnswerScore:
+    """Log-probabilities of the answer tokens (end-of-turn included) given the generation prompt."""
+
+    token_ids: list[int]
+    tokens: list[str]
+    logprobs: list[float]
+    total: float
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """Tokens of one example in the language model's sequence.
+
+    `image` counts the positions filled with vision features (the image token); structural tokens around
+    them (e.g. `<fake_token_around_image>`, `<|vision_start|>`) are text tokens. `vision_positions` is what
+    the vision encoder itself processes (patches, CLS and crops/tiles included).
+    """
+
+    text: int
+    image: int
+    vision_positions: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.text + self.image
+
+
+@dataclass(frozen=True)
+class FlopCount:
+    """Estimated FLOPs of one example; see `VLMAdapter.flops` for the formula."""
+
+    text_tokens: int
+    image_tokens: int
+    vision_positions: int
+    language: float
+    vision: float
+    backward: bool
+
+    @property
+    def total(self) -> float:
+        return self.language + self.vision
+
+
+@dataclass(frozen=True)
+class ModuleNames:
+    """Canonical module paths of a loaded model (for LoRA target regexes, hooks and freezing)."""
+
+    language_model: str
+    layers: list[str]
+    attention: list[dict[str, str]]
+    mlp_down: list[str]
+    final_norm: str
+    lm_head: str
+    embed_tokens: str
+    vision_tower: str
+    projector: str
+
+    def lora_target_regex(self, kinds: Sequence[str] = ("q", "k", "v", "o", "down")) -> str:
+        """A regex (peft `target_modules`) matching only language-model layers, never the vision tower."""
+        names = []
+        for kind in kinds:
+            if kind == "down":
+                names.extend(self.mlp_down)
+            else:
+                names.extend(attn[kind] for attn in self.attention if kind in attn)
+        if not names:
+            raise ConfigError(f"no modules of kinds {list(kinds)}; known kinds: q, k, v, o, down")
+        by_parent: dict[str, set[str]] = {}
+        for name in names:
+            parent, leaf = name.rsplit(".", 2)[-2:]
+            by_parent.setdefault(parent, set()).add(leaf)
+        alternatives = "|".join(f"{parent}\\.({'|'.join(sorted(leaves))})"
+                                for parent, leaves in sorted(by_parent.items()))
+        lm = self.language_model.replace(".", r"\.")
+        return rf"{lm}\.layers\.\d+\.({alternatives})"
+
+
+@dataclass
+class VLMBatch:
+    """A left-padded batch: `inputs` go straight into `model(**inputs)`.
+
+    `inputs["labels"]` (teacher forcing only) keeps the answer tokens and end-of-turn, -100 elsewhere.
+    `answer_spans[i]` is the [start, end) of row i's answer in padded coordinates (empty for generation).
+    """
+
+    inputs: dict[str, torch.Tensor]
+    answer_spans: list[tuple[int, int]]
+    has_image: list[bool]
+
+    def model_inputs(self, with_labels: bool = False) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.inputs.items() if with_labels or k != "labels"}
+
+    def __len__(self) -> int:
+        return len(self.answer_spans)
+
+
+@dataclass
+class EncodedRow:
+    """One example as token ids plus its own vision tensors (leading dimension 1 where the family has one)."""
+
+    input_ids: list[int]
+    answer_start: int | None
+    vision: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_image(self) -> bool:
+        return bool(self.vision)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] if text else type(exc).__name__
+
+
+class VLMAdapter(abc.ABC):
+    """The model interface: formatting, scoring, probing, generation, module names and cost accounting.
+
+    Subclasses (one per family) set the class attributes and override the `_image_placeholder`,
+    `_collate_vision` and `_vision_positions` hooks where the family differs from LLaVA.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    model_class_name: ClassVar[str] = ""
+    image_processor_class_name: ClassVar[str | None] = None
+    language_model_path: ClassVar[str] = "model.language_model"
+    vision_tower_path: ClassVar[str] = "model.vision_tower"
+    projector_path: ClassVar[str] = "model.multi_modal_projector"
+    lm_head_path: ClassVar[str] = "lm_head"
+    default_image_token: ClassVar[str] = "<image>"
+    can_mix_modalities: ClassVar[bool] = True
+    # Families whose rows need no image-token expansion in the text (cross-attention models) set this False.
+    expands_image_tokens: ClassVar[bool] = True
+
+    def __init__(self, model: nn.Module, processor: Any = None, *, tokenizer: Any = None,
+                 image_processor: Any = None, chat_template: str | None = None, name: str = "",
+                 batch_size: int = 8) -> None:
+        if processor is None and (tokenizer is None or image_processor is None):
+            raise ConfigError("an adapter needs a processor, or a tokenizer and an image processor")
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = tokenizer if tokenizer is not None else processor.tokenizer
+        self.image_processor = image_processor if image_processor is not None else processor.image_processor
+        self.name = name or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.batch_size = max(1, int(batch_size))
+        self.chat_template = chat_template or getattr(processor, "chat_template", None) or \
+            getattr(self.tokenizer, "chat_template", None)
+        if not self.chat_template:
+            raise MMUnlearnError(f"model {self.name!r} has no chat template (processor or tokenizer)")
+        self.image_token_id = self._config_image_token_id()
+        self.image_token = self._image_token_string()
+        self.pad_token_id = self._pad_token_id()
+        self.stop_token_ids = self._stop_token_ids()
+        self._end_of_turn_strings = [t for t in (self._eot_tokens() + [self.tokenizer.eos_token]) if t]
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, config: Any, *, dtype: str = "float32", device_map: Any = None,
+                        trust_remote_code: bool = False, local_files_only: bool | None = None,
+                        batch_size: int = 8) -> VLMAdapter:
+        """Load model (safetensors only) and processor; fall back to tokenizer + PIL image processor."""
+        import transformers
+
+        torch_dtype = resolve_dtype(dtype)
+        common = {"trust_remote_code": trust_remote_code}
+        if local_files_only is not None:
+            common["local_files_only"] = local_files_only
+        model_cls = getattr(transformers, cls.model_class_name)
+        try:
+            model = model_cls.from_pretrained(path_or_id, config=config, dtype=torch_dtype, device_map=device_map,
+                                              use_safetensors=True, **common)
+        except (OSError, ValueError) as exc:
+            raise MMUnlearnError(f"cannot load model weights of {path_or_id!r} (safetensors only): "
+                                 f"{_one_line(exc)}") from None
+        processor, tokenizer, image_processor, template = cls._load_processing(path_or_id, common)
+        return cls(model, processor, tokenizer=tokenizer, image_processor=image_processor, chat_template=template,
+                   name=str(path_or_id), batch_size=batch_size)
+
+    @classmethod
+    def _load_processing(cls, path_or_id: str, common: dict) -> tuple[Any, Any, Any, str | None]:
+        from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer, ProcessorMixin
+
+        try:
+            processor = AutoProcessor.from_pretrained(path_or_id, **common)
+        except Exception:  # e.g. a video processor that needs torchvision: take the manual path
+            processor = None
+        if isinstance(processor, ProcessorMixin) and hasattr(processor, "image_processor"):
+            return processor, None, None, None
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path_or_id, **common)
+            image_processor = None
+            if cls.image_processor_class_name:
+                import transformers
+
+                pil_cls = getattr(transformers, cls.image_processor_class_name, None)
+                if pil_cls is not None:
+                    image_processor = pil_cls.from_pretrained(path_or_id, **common)
+            if image_processor is None:
+                image_processor = AutoImageProcessor.from_pretrained(path_or_id, **common)
+        except (OSError, ValueError) as exc:
+            raise MMUnlearnError(f"cannot load tokenizer/image processor of {path_or_id!r}: "
+                                 f"{_one_line(exc)}") from None
+        return None, tokenizer, image_processor, _read_chat_template(path_or_id, common)
+
+    # ------------------------------------------------------------------ family hooks
+
+    @abc.abstractmethod
+    def _image_placeholder(self, vision: dict[str, Any]) -> str:
+        """The expanded image placeholder for one image row (manual path only)."""
+
+    def _image_processor_kwargs(self) -> dict[str, Any]:
+        return {}
+
+    def _collate_vision(self, rows: list[EncodedRow], pads: list[int]) -> dict[str, torch.Tensor]:
+        """Default (LLaVA, Qwen2-VL): concatenate each vision tensor over the image rows, in row order."""
+        image_rows = [r for r in rows if r.has_image]
+        if not image_rows:
+            return {}
+        return {key: torch.cat([torch.as_tensor(r.vision[key]) for r in image_rows], dim=0)
+                for key in image_rows[0].vision}
+
+    def _extra_inputs(self, input_ids: torch.Tensor, rows: list[EncodedRow]) -> dict[str, torch.Tensor]:
+        return {}
+
+    @abc.abstractmethod
+    def _vision_positions(self, vision: dict[str, Any]) -> int:
+        """Positions the vision encoder processes for one row (patches, CLS, all crops)."""
+
+    def _complete_hidden_states(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Families whose forward skips layers (Mllama, text-only) fill the skipped entries here."""
+        return states
+
+    def _eot_tokens(self) -> list[str]:
+        vocab = self.tokenizer.get_vocab()
+        return [t for t in END_OF_TURN_CANDIDATES if t in vocab]
+
+    # ------------------------------------------------------------------ formatting
+
+    def render(self, item: VLMInput, with_answer: bool) -> str:
+        """The chat-template text of one item: the generation prompt, or prompt + answer turn."""
+        content: list[dict[str, str]] = [{"type": "image"}] if item.image is not None else []
+        content.append({"type": "text", "text": item.question})
+        messages = [{"role": "user", "content": content}]
+        if with_answer:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": item.answer or ""}]})
+        if self.processor is not None and getattr(self.processor, "chat_template", None):
+            return self.processor.apply_chat_template(messages, add_generation_prompt=not with_answer,
+                                                      tokenize=False)
+        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template,
+                                                  add_generation_prompt=not with_answer, tokenize=False)
+
+    def _adds_special_tokens(self, text: str) -> bool:
+        """Like `processor.apply_chat_template(tokenize=True)`: no second BOS when the template writes one."""
+        bos = self.tokenizer.bos_token
+        return not (bos and text.startswith(bos))
+
+    def _encode_prompt(self, prompt: str, image: Image.Image | None) -> tuple[list[int], dict[str, Any]]:
+        add = self._adds_special_tokens(prompt)
+        if self.processor is not None:
+            out = self.processor(text=[prompt], images=[image] if image is not None else None,
+                                 add_special_tokens=add, return_tensors="pt")
+            ids = out["input_ids"][0].tolist()
+            return ids, {k: v for k, v in out.items() if k not in _TEXT_KEYS}
+        vision: dict[str, Any] = {}
+        text = prompt
+        if image is not None:
+            vision = dict(self.image_processor(images=[image], return_tensors="pt", **self._image_processor_kwargs()))
+            if self.expands_image_tokens:
+                text = prompt.replace(self.image_token, self._image_placeholder(vision), 1)
+            vision = {k: v for k, v in vision.items() if k not in ("rows", "cols", "num_tiles")}
+        return self.tokenizer(text, add_special_tokens=add)["input_ids"], vision
+
+    def _answer_tail(self, prompt: str, full: str) -> str:
+        if not full.startswith(prompt):
+            raise MMUnlearnError(f"model {self.name!r}: the chat template's answer turn does not extend its "
+                                 "generation prompt, so the answer cannot be teacher-forced")
+        tail = full[len(prompt):]
+        cuts = [tail.find(t) + len(t) for t in self._end_of_turn_strings if t in tail]
+        if cuts:
+            return tail[:min(cuts)]
+        return tail.rstrip() + (self.tokenizer.eos_token or "")
+
+    def encode(self, item: VLMInput, for_generation: bool) -> EncodedRow:
+        """One row: prompt ids (image placeholders expanded) and, for teacher forcing, the answer ids."""
+        if item.image is not None and not isinstance(item.image, Image.Image):
+            raise ConfigError(f"VLMInput.image must be a PIL image or None, got {type(item.image).__name__}")
+        prompt = self.render(item, with_answer=False)
+        ids, vision = self._encode_prompt(prompt, item.image)
+        if for_generation or item.answer is None:
+            return EncodedRow(ids, None, vision)
+        tail = self._answer_tail(prompt, self.render(item, with_answer=True))
+        # Tokenise prompt and prompt+answer as text (placeholders unexpanded) and keep the common prefix, so
+        # a token merging across the boundary is counted as answer; the prompt's image expansion is reused.
+        add = self._adds_special_tokens(prompt)
+        p_ids = self.tokenizer(prompt, add_special_tokens=add)["input_ids"]
+        f_ids = self.tokenizer(prompt + tail, add_special_tokens=add)["input_ids"]
+        common = 0
+        for a, b in zip(p_ids, f_ids):
+            if a != b:
+                break
+            common += 1
+        keep = len(ids) - (len(p_ids) - common)
+        answer = f_ids[common:]
+        return EncodedRow(ids[:keep] + answer, keep, vision)
+
+    def format(self, items: Sequence[VLMInput], for_generation: bool) -> VLMBatch:
+        """Left-padded batch via the chat template; labels keep only answer tokens and end-of-turn.
+
+        Text-only rows get no image tokens and no pixel values; pixel values come only from image rows, in
+        row order. Families that cannot mix image and text-only rows (`can_mix_modalities`) raise here; the
+        adapter's own methods split such batches internally.
+        """
+        if not items:
+            raise ConfigError("format() needs at least one item")
+        rows = [self.encode(item, for_generation) for item in items]
+        kinds = {r.has_image for r in rows}
+        if len(kinds) > 1 and not self.can_mix_modalities:
+            raise MMUnlearnError(f"{type(self).__name__} cannot mix image and text-only rows in one batch; "
+                                 "split them (answer_logprobs/generate/hidden_states do)")
+        return self.collate(rows, teacher_forcing=not for_generation)
+
+    def collate(self, rows: list[EncodedRow], teacher_forcing: bool) -> VLMBatch:
+        width = max(len(r.input_ids) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+        spans, pads = [], []
+        for b, row in enumerate(rows):
+            pad = width - len(row.input_ids)
+            pads.append(pad)
+            ids[b, pad:] = torch.tensor(row.input_ids, dtype=torch.long)
+            mask[b, pad:] = 1
+            if teacher_forcing and row.answer_start is not None:
+                start = pad + row.answer_start
+                labels[b, start:] = ids[b, start:]
+                spans.append((start, width))
+            else:
+                spans.append((width, width))
+        inputs: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": mask}
+        inputs.update(self._collate_vision(rows, pads))
+        inputs.update(self._extra_inputs(ids, rows))
+        if teacher_forcing:
+            inputs["labels"] = labels
+        return VLMBatch(self._to_device(inputs), spans, [r.has_image for r in rows])
+
+    def _to_device(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        device, dtype = self.device, self.dtype
+        out = {}
+        for key, value in inputs.items():
+            value = torch.as_tensor(value)
+            out[key] = value.to(device, dtype) if value.is_floating_point() else value.to(device)
+        return out
+
+    # ------------------------------------------------------------------ model access
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def text_config(self) -> Any:
+        config = self.model.config
+        return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.module_names().layers)
+
+    def _groups(self, n: int, has_image: Sequence[bool]) -> Iterator[list[int]]:
+        """Index groups of at most `batch_size`; split by modality where the family cannot mix."""
+        for start in range(0, n, self.batch_size):
+            chunk = list(range(start, min(n, start + self.batch_size)))
+            if self.can_mix_modalities:
+                yield chunk
+            else:
+                for kind in (True, False):
+                    part = [i for i in chunk if has_image[i] == kind]
+                    if part:
+                        yield part
+
+    def _forward_kwargs(self) -> dict[str, Any]:
+        params = inspect.signature(self.model.forward).parameters
+        return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+
+    # ------------------------------------------------------------------ scoring and probing
+
+    @torch.no_grad()
+    def answer_logprobs(self, items: Sequence[VLMInput]) -> list[AnswerScore]:
+        """Per-token log-probs of each answer (and its end-of-turn) given the generation prompt, batched."""
+        missing = [i for i, it in enumerate(items) if it.answer is None]
+        if missing:
+            raise ConfigError(f"answer_logprobs needs answers; items {missing[:5]} have none")
+        results: list[AnswerScore | None] = [None] * len(items)
+        for group in self._groups(len(items), [it.image is not None for it in items]):
+            batch = self.format([items[i] for i in group], for_generation=False)
+            logits = self.model(**batch.model_inputs()).logits
+            ids = batch.inputs["input_ids"]
+            for b, i in enumerate(group):
+                start, end = batch.answer_spans[b]
+                target = ids[b, start:end]
+                logp = logits[b, start - 1:end - 1].float().log_softmax(-1)
+                token_lp = logp.gather(-1, target[:, None].to(logp.device))[:, 0].cpu()
+                tid = target.tolist()
+                results[i] = AnswerScore(tid, self.tokenizer.convert_ids_to_tokens(tid), token_lp.tolist(),
+                                         float(token_lp.sum()))
+        return results  # type: ignore[return-value]
+
+    def _last_prompt_states(self, batch: VLMBatch) -> list[torch.Tensor]:
+        out = self.model(**batch.model_inputs(), output_hidden_states=True, **self._forward_kwargs())
+        states = None if out.hidden_states is None else self._complete_hidden_states(list(out.hidden_states))
+        expected = self.num_layers + 1
+        if states is None or len(states) != expected:
+            got = None if states is None else len(states)
+            raise MMUnlearnError(f"model {self.name!r}: expected {expected} hidden states, got {got}")
+        return [h[:, -1, :] for h in states]
+
+    def _probe(self, items: Sequence[VLMInput], lens: bool) -> torch.Tensor:
+        parts: dict[int, torch.Tensor] = {}
+        with torch.no_grad():
+            for group in self._groups(len(items), [it.image is not None for it in items]):
+                states = self._last_prompt_states(self.format([items[i] for i in group], for_generation=True))
+                block = self._lens(states) if lens else torch.stack([h.float().cpu() for h in states], dim=1)
+                for b, i in enumerate(group):
+                    parts[i] = block[b]
+        return torch.stack([parts[i] for i in range(len(items))])
+
+    def hidden_states(self, items: Sequence[VLMInput]) -> torch.Tensor:
+        """Residual stream at the last prompt position for every layer: [batch, n_layers + 1, hidden], fp32."""
+        return self._probe(items, lens=False)
+
+    def logit_lens(self, items: Sequence[VLMInput]) -> torch.Tensor:
+        """Log-probs over the vocabulary read from every layer: [batch, n_layers + 1, vocab], fp32.
+
+        Computed from the same forward pass as `hidden_states`: the family's final norm and lm_head on every
+        entry except the last, which the model has already normed, so it gets lm_head only.
+        """
+        return self._probe(items, lens=True)
+
+    def _last_is_normed(self) -> bool:
+        for cfg in (self.text_config, self.model.config):
+            flag = getattr(cfg, "tie_last_hidden_states", None)
+            if flag is not None:
+                return bool(flag)
+        return True
+
+    def _lens(self, states: list[torch.Tensor]) -> torch.Tensor:
+        names = self.module_names()
+        norm = self.model.get_submodule(names.final_norm)
+        head = self.model.get_output_embeddings()
+        norm_device = next(norm.parameters()).device
+        head_device = head.weight.device
+        last_normed = self._last_is_normed()
+        out = []
+        for i, h in enumerate(states):
+            if not (last_normed and i == len(states) - 1):
+                h = norm(h.to(norm_device))
+            out.append(head(h.to(head_device)).float().log_softmax(-1).cpu())
+        return torch.stack(out, dim=1)
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate(self, items: Sequence[VLMInput], max_new_tokens: int = 32, do_sample: bool = False,
+                 seed: int | None = None, temperature: float = 1.0, top_p: float = 1.0) -> list[str]:
+        """Greedy or seeded sampling (temperature + nucleus, top-k off); stops at end of turn.
+
+        Seeded sampling is reproducible for the same items, batch size and device.
+        """
+        results: list[str | None] = [None] * len(items)
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
+                                  "eos_token_id": self.stop_token_ids, "pad_token_id": self.pad_token_id}
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+        with _seeded(seed, self.device):
+            for group in self._groups(len(items), [it.image is not None for it in items]):
+                batch = self.format([items[i] for i in group], for_generation=True)
+                out = self.model.generate(**batch.model_inputs(), **kwargs)
+                new = out[:, batch.inputs["input_ids"].shape[1]:]
+                for b, i in enumerate(group):
+                    results[i] = self._decode(new[b].tolist())
+        return results  # type: ignore[return-value]
+
+    def _decode(self, ids: list[int]) -> str:
+        stops = set(self.stop_token_ids)
+        cut = next((k for k, t in enumerate(ids) if t in stops), len(ids))
+        return self.tokenizer.decode(ids[:cut], skip_special_tokens=True).strip()
+
+    # ------------------------------------------------------------------ modules
+
+    def module_names(self) -> ModuleNames:
+        """Decoder layers, attention q/k/v/o and MLP down-projections per layer, vision tower and projector."""
+        cached = getattr(self, "_module_names", None)
+        if cached is not None:
+            return cached
+        modules = dict(self.model.named_modules())
+        lm = self.language_model_path
+        for path in (lm, self.vision_tower_path, self.projector_path, self.lm_head_path):
+            if path not in modules:
+                raise MMUnlearnError(f"model {self.name!r}: module {path!r} not found ({type(self).__name__})")
+        n_layers = len(modules[f"{lm}.layers"])
+        layers, attention, mlp_down = [], [], []
+        for i in range(n_layers):
+            layer = f"{lm}.layers.{i}"
+            layers.append(layer)
+            attn = next((f"{layer}.{a}" for a in ("self_attn", "cross_attn") if f"{layer}.{a}" in modules), None)
+            projections = {}
+            if attn is not None:
+                for kind in ("q", "k", "v", "o"):
+                    if f"{attn}.{kind}_proj" in modules:
+                        projections[kind] = f"{attn}.{kind}_proj"
+            attention.append(projections)
+            if f"{layer}.mlp.down_proj" in modules:
+                mlp_down.append(f"{layer}.mlp.down_proj")
+        names = ModuleNames(language_model=lm, layers=layers, attention=attention, mlp_down=mlp_down,
+                            final_norm=f"{lm}.norm", lm_head=self.lm_head_path, embed_tokens=f"{lm}.embed_tokens",
+                            vision_tower=self.vision_tower_path, projector=self.projector_path)
+        self._module_names = names
+        return names
+
+    def _params(self, path: str, exclude: str | None = None) -> list[nn.Parameter]:
+        module = self.model.get_submodule(path)
+        skip = {id(p) for p in self.model.get_submodule(exclude).parameters()} if exclude and \
+            exclude.startswith(path + ".") else set()
+        return [p for p in module.parameters() if id(p) not in skip]
+
+    def freeze_vision(self, include_projector: bool = False) -> int:
+        """Stop gradients into the vision tower (and the projector if asked); returns parameters frozen."""
+        frozen = self._params(self.vision_tower_path, exclude=self.projector_path)
+        if include_projector:
+            frozen += self._params(self.projector_path)
+        for p in frozen:
+            p.requires_grad_(False)
+        return sum(p.numel() for p in frozen)
+
+    # ------------------------------------------------------------------ accounting
+
+    def token_counts(self, items: Sequence[VLMInput]) -> list[TokenCount]:
+        """Text vs image tokens per example (answer included when given) and vision-encoder positions."""
+        counts = []
+        for item in items:
+            row = self.encode(item, for_generation=item.answer is None)
+            image = sum(1 for t in row.input_ids if t == self.image_token_id) if self.expands_image_tokens else 0
+            positions = self._vision_positions(row.vision) if row.has_image else 0
+            counts.append(TokenCount(text=len(row.input_ids) - image, image=image, vision_positions=positions))
+        return counts
+
+    def flops(self, items: Sequence[VLMInput], backward: bool) -> list[FlopCount]:
+        """Per-example FLOPs: dense matmuls at 2 FLOPs per parameter per token, plus causal attention.
+
+        language forward = 2 * P_lm * T + 2 * n_layers * T^2 * d_model, with T the example's tokens (text and
+        image), P_lm the decoder's parameters without the input embedding plus the lm_head, and the T^2 term
+        counting QK^T and AV under a causal mask. vision forward = 2 * P_tower * V + 2 * P_projector * I,
+        with V the vision-encoder positions and I the image tokens. `backward=True` adds twice the forward
+        cost of every part gradients pass through: always the language model; the vision tower only if it has
+        trainable parameters (after `freeze_vision` it has none), the projector if it or the tower trains.
+        """
+        p_lm = sum(p.numel() for p in self._params(self.language_model_path))
+        p_lm -= self.model.get_input_embeddings().weight.numel()
+        p_lm += self.model.get_output_embeddings().weight.numel()
+        tower = self._params(self.vision_tower_path, exclude=self.projector_path)
+        projector = self._params(self.projector_path)
+        p_tower, p_proj = sum(p.numel() for p in tower), sum(p.numel() for p in projector)
+        tower_trains = any(p.requires_grad for p in tower)
+        proj_trains = tower_trains or any(p.requires_grad for p in projector)
+        n_layers, d_model = self.num_layers, int(self.text_config.hidden_size)
+        out = []
+        for count in self.token_counts(items):
+            t = count.total
+            language = 2.0 * p_lm * t + 2.0 * n_layers * t * t * d_model
+            tower_f = 2.0 * p_tower * count.vision_positions
+            # The projector maps vision features to image tokens; cross-attention models have no image tokens
+            # in the sequence, so their projector runs over the vision positions.
+            proj_f = 2.0 * p_proj * (count.image if count.image else count.vision_positions)
+            if backward:
+                language *= 3.0
+                tower_f *= 3.0 if tower_trains else 1.0
+                proj_f *= 3.0 if proj_trains else 1.0
+            out.append(FlopCount(text_tokens=count.text, image_tokens=count.image,
+                                 vision_positions=count.vision_positions, language=language,
+                                 vision=tower_f + proj_f, backward=backward))
+        return out
+
+    # ------------------------------------------------------------------ token ids
+
+    def _config_image_token_id(self) -> int | None:
+        config = self.model.config
+        for key in ("image_token_id", "image_token_index"):
+            value = getattr(config, key, None)
+            if value is not None:
+                return int(value)
+        return None
+
+    def _image_token_string(self) -> str:
+        token = getattr(self.processor, "image_token", None)
+        if token:
+            return str(token)
+        if self.image_token_id is not None:
+            text = self.tokenizer.convert_ids_to_tokens(self.image_token_id)
+            if text:
+                return str(text)
+        return self.default_image_token
+
+    def _pad_token_id(self) -> int:
+        tok = self.tokenizer
+        for value in (tok.pad_token_id, getattr(self.text_config, "pad_token_id", None), tok.eos_token_id):
+            if value is not None:
+                return int(value)
+        return 0
+
+    def _stop_token_ids(self) -> list[int]:
+        ids: list[int] = []
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        candidates: list[Any] = [self.tokenizer.eos_token_id]
+        candidates += gen_eos if isinstance(gen_eos, list) else [gen_eos]
+        candidates += [self.tokenizer.convert_tokens_to_ids(t) for t in self._eot_tokens()]
+        for value in candidates:
+            if value is not None and int(value) not in ids:
+                ids.append(int(value))
+        return ids
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return "auto"
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype {dtype!r} not supported; use one of {sorted(DTYPES)} or 'auto'")
+    return DTYPES[dtype]
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seed torch's RNGs for one call without disturbing the caller's RNG state."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _read_chat_template(path_or_id: str, common: dict) -> str | None:
+    """A processor-level chat template saved next to the tokenizer (chat_template.jinja / .json)."""
+    from transformers.utils import cached_file
+
+    kwargs = {k: v for k, v in common.items() if k == "local_files_only"}
+    for name in ("chat_template.jinja", "chat_template.json"):
+        try:
+            found = cached_file(path_or_id, name, _raise_exceptions_for_missing_entries=False,
+                                _raise_exceptions_for_connection_errors=False, **kwargs)
+        except OSError:
+            found = None
+        if found:
+            text = Path(found).read_text(encoding="utf-8")
+            return json.loads(text).get("chat_template") if name.endswith(".json") else text
+    return None
+
+
+# ---------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, type[VLMAdapter]] = {}
+
+
+def register_adapter(*model_types: str) -> Callable[[type[VLMAdapter]], type[VLMAdapter]]:
+    """Class decorator: serve the given config `model_type`s with this adapter."""
+    if not model_types:
+        raise ConfigError("register_adapter needs at least one model_type")
+
+    def wrap(cls: type[VLMAdapter]) -> type[VLMAdapter]:
+        for model_type in model_types:
+            if model_type in _REGISTRY and _REGISTRY[model_type] is not cls:
+                raise ConfigError(f"model_type {model_type!r} already served by {_REGISTRY[model_type].__name__}")
+            _REGISTRY[model_type] = cls
+        cls.model_types = tuple(model_types)
+        return cls
+
+    return wrap
+
+
+def _load_families() -> None:
+    importlib.import_module("mmunlearn.models.adapters")
+
+
+def known_families() -> list[str]:
+    _load_families()
+    return sorted(_REGISTRY)
+
+
+def adapter_class(model_type: str) -> type[VLMAdapter]:
+    """The adapter registered for `model_type`; a one-line error with a suggestion otherwise."""
+    _load_families()
+    if model_type in _REGISTRY:
+        return _REGISTRY[model_type]
+    known = sorted(_REGISTRY)
+    close = difflib.get_close_matches(model_type, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise MMUnlearnError(f"no adapter for model_type {model_type!r}; known families: {', '.join(known)}{hint}")
+
+
+def _looks_local(path: str) -> bool:
+    """A hub id is `name` or `owner/name`; anything else (absolute, relative, deeper) is a directory."""
+    return path.startswith(("/", ".", "~")) or path.count("/") > 1 or (os.sep != "/" and os.sep in path) \
+        or os.path.exists(os.path.expanduser(path))
+
+
+def _offline() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or \
+        os.environ.get("TRANSFORMERS_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def load_config(path_or_id: str, trust_remote_code: bool = False, local_files_only: bool | None = None) -> Any:
+    """The model's config, with one-line errors for a missing directory or an unreachable hub model."""
+    from transformers import AutoConfig
+
+    path_or_id = str(path_or_id)
+    if _looks_local(path_or_id):
+        local = os.path.expanduser(path_or_id)
+        if not os.path.isdir(local):
+            raise MMUnlearnError(f"model directory not found: {path_or_id}")
+        config_file = os.path.join(local, "config.json")
+        if not os.path.isfile(config_file):
+            raise MMUnlearnError(f"model directory {path_or_id} has no config.json")
+        try:
+            model_type = json.loads(Path(config_file).read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise MMUnlearnError(f"cannot read {config_file}: {_one_line(exc)}") from None
+        if model_type:
+            adapter_class(str(model_type))  # an unknown family fails here, before transformers parses the config
+        path_or_id = local
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if local_files_only is not None:
+        kwargs["local_files_only"] = local_files_only
+    try:
+        return AutoConfig.from_pretrained(path_or_id, **kwargs)
+    except (OSError, ValueError) as exc:
+        if local_files_only or _offline():
+            raise MMUnlearnError(f"model {path_or_id!r} is not available offline: no local directory and no copy "
+                                 "in the Hugging Face cache (download it where the hub is reachable, or pass a "
+                                 "local directory)") from None
+        raise MMUnlearnError(f"cannot load the config of model {path_or_id!r}: {_one_line(exc)}") from None
+
+
+def load_adapter(path_or_id: str | os.PathLike, dtype: str = "float32", device_map: Any = None,
+                 trust_remote_code: bool = False, *, local_files_only: bool | None = None,
+                 batch_size: int = 8) -> VLMAdapter:
+    """Load a VLM from a local directory or hub id; the config's `model_type` picks the family adapter.
+
+    Weights load from safetensors only; `trust_remote_code` stays off unless asked; `device_map` is passed
+    to `from_pretrained` (None: CPU, "auto": spread over the visible GPUs, {"": device}: one device).
+    """
+    path = str(path_or_id)
+    resolve_dtype(dtype)
+    config = load_config(path, trust_remote_code=trust_remote_code, local_files_only=local_files_only)
+    cls = adapter_class(str(getattr(config, "model_type", "")))
+    if _looks_local(path):
+        path = os.path.expanduser(path)
+    return cls.from_pretrained(path, config, dtype=dtype, device_map=device_map,
+                               trust_remote_code=trust_remote_code, local_files_only=local_files_only,
+                               batch_size=batch_size)

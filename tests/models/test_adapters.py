@@ -1,0 +1,219 @@
+"""Every family adapter against its own tiny random model: formatting, scores, probes, generation, accounting."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from vlm_fixtures import BUILDERS, make_items
+
+from mmunlearn.models.adapters import VLMAdapter, VLMInput
+from mmunlearn.models.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
+from mmunlearn.models.adapters.llava import LlavaAdapter
+from mmunlearn.models.adapters.llava_next import LlavaNextAdapter
+from mmunlearn.models.adapters.mllama import MllamaAdapter
+from mmunlearn.models.adapters.qwen2_vl import Qwen2VLAdapter
+
+FAMILIES = list(BUILDERS)
+EXPECTED_CLASS = {"llava_tiny": LlavaAdapter, "llava15": LlavaAdapter, "llava_next": LlavaNextAdapter,
+                  "qwen2_vl": Qwen2VLAdapter, "idefics3": Idefics3Adapter, "smolvlm": SmolVLMAdapter,
+                  "mllama": MllamaAdapter}
+ITEMS = make_items()
+
+
+def groups(adapter: VLMAdapter, items: list[VLMInput]) -> list[list[VLMInput]]:
+    """The batches a caller may format directly: all items, or one per modality where mixing is not allowed."""
+    if adapter.can_mix_modalities:
+        return [items]
+    return [[it for it in items if it.image is not None], [it for it in items if it.image is None]]
+
+
+@pytest.fixture(params=FAMILIES)
+def adapter(request, adapter_for) -> VLMAdapter:
+    return adapter_for(request.param)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_loads_the_family_adapter(family, adapter_for):
+    adapter = adapter_for(family)
+    assert type(adapter) is EXPECTED_CLASS[family]
+    # Qwen2-VL and SmolVLM processors need torchvision: those two run the manual (PIL + tokenizer) path.
+    assert (adapter.processor is None) == (family in ("qwen2_vl", "smolvlm"))
+
+
+def test_format_round_trip(adapter):
+    tok = adapter.tokenizer
+    for items in groups(adapter, ITEMS):
+        batch = adapter.format(items, for_generation=False)
+        ids, mask, labels = batch.inputs["input_ids"], batch.inputs["attention_mask"], batch.inputs["labels"]
+        assert torch.all(mask[:, 1:] >= mask[:, :-1]), "left padding"
+        for b, item in enumerate(items):
+            row = ids[b][mask[b].bool()].tolist()
+            assert item.question in tok.decode(row, skip_special_tokens=True)
+            answer_ids = labels[b][labels[b] != -100].tolist()
+            assert tok.decode(answer_ids, skip_special_tokens=True).strip() == item.answer
+            assert answer_ids[-1] in adapter.stop_token_ids, "the end-of-turn token is a target"
+            start, end = batch.answer_spans[b]
+            assert ids[b, start:end].tolist() == answer_ids and end == ids.shape[1]
+            n_image = sum(t == adapter.image_token_id for t in row)
+            if adapter.expands_image_tokens:
+                assert (n_image > 0) == (item.image is not None)
+            else:
+                assert n_image == (1 if item.image is not None else 0)
+        assert ("pixel_values" in batch.inputs) == any(it.image is not None for it in items)
+        gen = adapter.format(items, for_generation=True)
+        assert "labels" not in gen.inputs
+        for b in range(len(items)):
+            prompt = gen.inputs["input_ids"][b][gen.inputs["attention_mask"][b].bool()].tolist()
+            full = ids[b][mask[b].bool()].tolist()
+            assert full[:len(prompt)] == prompt, "teacher forcing extends the generation prompt"
+
+
+def test_text_only_batch_has_no_vision_inputs(adapter):
+    batch = adapter.format([it for it in ITEMS if it.image is None], for_generation=True)
+    assert set(batch.inputs) <= {"input_ids", "attention_mask", "mm_token_type_ids"}
+    assert not (batch.inputs["input_ids"] == adapter.image_token_id).any()
+
+
+def test_answer_logprobs_equal_hand_computation(adapter):
+    scores = adapter.answer_logprobs(ITEMS)
+    by_question = {it.question + str(it.image is None): s for it, s in zip(ITEMS, scores)}
+    for items in groups(adapter, ITEMS):
+        batch = adapter.format(items, for_generation=False)
+        with torch.no_grad():
+            logits = adapter.model(**batch.model_inputs()).logits.float()
+        ids, labels = batch.inputs["input_ids"], batch.inputs["labels"]
+        for b, item in enumerate(items):
+            positions = (labels[b] != -100).nonzero()[:, 0]
+            hand = torch.stack([logits[b, p - 1].log_softmax(-1)[ids[b, p]] for p in positions])
+            score = by_question[item.question + str(item.image is None)]
+            assert score.token_ids == ids[b, positions].tolist()
+            assert torch.allclose(torch.tensor(score.logprobs), hand, atol=1e-5)
+            assert score.total == pytest.approx(float(hand.sum()), abs=1e-4)
+
+
+def test_hidden_states_and_logit_lens(adapter):
+    n_layers = adapter.text_config.num_hidden_layers
+    hidden = adapter.hidden_states(ITEMS)
+    lens = adapter.logit_lens(ITEMS)
+    assert hidden.shape == (len(ITEMS), n_layers + 1, adapter.text_config.hidden_size)
+    vocab = adapter.model.get_output_embeddings().weight.shape[0]
+    assert lens.shape == (len(ITEMS), n_layers + 1, vocab)
+    assert torch.allclose(lens.exp().sum(-1), torch.ones(len(ITEMS), n_layers + 1), atol=1e-4)
+    position = {id(it): i for i, it in enumerate(ITEMS)}
+    for items in groups(adapter, ITEMS):
+        batch = adapter.format(items, for_generation=True)
+        with torch.no_grad():
+            out = adapter.model(**batch.model_inputs(), output_hidden_states=True)
+        final = out.logits[:, -1].float().log_softmax(-1)
+        rows = [position[id(it)] for it in items]
+        assert torch.allclose(lens[rows, -1], final, atol=1e-5), "last lens layer = the model's own output"
+        assert torch.allclose(hidden[rows, 0], out.hidden_states[0][:, -1].float(), atol=1e-6)
+
+
+def test_greedy_generation_equals_model_generate(adapter):
+    texts = adapter.generate(ITEMS, max_new_tokens=5)
+    expected: dict[int, str] = {}
+    stops = set(adapter.stop_token_ids)
+    for items in groups(adapter, ITEMS):
+        batch = adapter.format(items, for_generation=True)
+        with torch.no_grad():
+            out = adapter.model.generate(**batch.model_inputs(), max_new_tokens=5, do_sample=False,
+                                         eos_token_id=adapter.stop_token_ids, pad_token_id=adapter.pad_token_id)
+        width = batch.inputs["input_ids"].shape[1]
+        for b, item in enumerate(items):
+            new = out[b, width:].tolist()
+            cut = next((k for k, t in enumerate(new) if t in stops), len(new))
+            expected[id(item)] = adapter.tokenizer.decode(new[:cut], skip_special_tokens=True).strip()
+    assert texts == [expected[id(it)] for it in ITEMS]
+
+
+def test_seeded_sampling_is_reproducible(adapter):
+    items = ITEMS[:2]
+    first = adapter.generate(items, max_new_tokens=4, do_sample=True, seed=7, temperature=1.5)
+    state = torch.get_rng_state()
+    again = adapter.generate(items, max_new_tokens=4, do_sample=True, seed=7, temperature=1.5)
+    assert first == again
+    assert torch.equal(state, torch.get_rng_state()), "seeded calls leave the global RNG alone"
+
+
+def test_token_accounting(adapter):
+    counts = adapter.token_counts(ITEMS)
+    for item, count in zip(ITEMS, counts):
+        row = adapter.encode(item, for_generation=False)
+        assert count.total == len(row.input_ids)
+        if item.image is None:
+            assert count.image == 0 and count.vision_positions == 0
+        else:
+            assert count.vision_positions > 0
+            assert (count.image > 0) == adapter.expands_image_tokens
+    flops = adapter.flops(ITEMS, backward=False)
+    train = adapter.flops(ITEMS, backward=True)
+    for item, f, t in zip(ITEMS, flops, train):
+        assert f.language > 0 and t.language == pytest.approx(3 * f.language)
+        assert (f.vision > 0) == (item.image is not None)
+
+
+def test_module_names_and_lora_regex(adapter):
+    names = adapter.module_names()
+    modules = dict(adapter.model.named_modules())
+    assert len(names.layers) == adapter.text_config.num_hidden_layers
+    assert all(name in modules for name in names.layers + names.mlp_down)
+    assert all(set(attn) == {"q", "k", "v", "o"} for attn in names.attention)
+    for path in (names.vision_tower, names.projector, names.final_norm, names.lm_head, names.embed_tokens):
+        assert path in modules
+    regex = names.lora_target_regex(("q", "v", "down"))
+    matched = [n for n in modules if re.fullmatch(regex, n)]
+    assert len(matched) == 3 * len(names.layers)
+    assert not any(n.startswith(names.vision_tower) for n in matched)
+
+
+def test_freeze_vision(model_dir):
+    from mmunlearn.models.adapters import load_adapter
+
+    adapter = load_adapter(model_dir("llava_next"))
+    before = adapter.flops(ITEMS[:1], backward=True)[0]
+    frozen = adapter.freeze_vision()
+    assert frozen > 0
+    tower = adapter.model.get_submodule(adapter.module_names().vision_tower)
+    assert not any(p.requires_grad for p in tower.parameters())
+    assert any(p.requires_grad for p in adapter.model.get_submodule(adapter.module_names().projector).parameters())
+    after = adapter.flops(ITEMS[:1], backward=True)[0]
+    assert after.vision < before.vision and after.language == before.language
+
+
+def test_qwen_freeze_keeps_nested_merger_trainable(model_dir):
+    from mmunlearn.models.adapters import load_adapter
+
+    adapter = load_adapter(model_dir("qwen2_vl"))
+    adapter.freeze_vision()
+    assert all(p.requires_grad for p in adapter.model.model.visual.merger.parameters())
+    assert not any(p.requires_grad for p in adapter.model.model.visual.blocks.parameters())
+
+
+@pytest.mark.parametrize("family", ["llava_tiny", "llava15", "llava_next", "idefics3", "mllama"])
+def test_manual_path_equals_processor_path(family, adapter_for):
+    """Rows built from tokenizer + PIL image processor match the processor's (what Qwen2-VL/SmolVLM rely on)."""
+    full = adapter_for(family)
+    manual = type(full)(full.model, None, tokenizer=full.tokenizer, image_processor=full.image_processor,
+                        chat_template=full.processor.chat_template)
+    for item in ITEMS:
+        a, b = full.encode(item, for_generation=False), manual.encode(item, for_generation=False)
+        assert a.input_ids == b.input_ids and a.answer_start == b.answer_start
+        for key in ("pixel_values", "image_sizes", "pixel_attention_mask", "aspect_ratio_ids"):
+            if key in a.vision:
+                assert torch.equal(torch.as_tensor(a.vision[key]), torch.as_tensor(b.vision[key]))
+
+
+def test_smolvlm_manual_rows_match_idefics3_processor(adapter_for):
+    smol, idefics = adapter_for("smolvlm"), adapter_for("idefics3")
+    for item in ITEMS:
+        assert smol.encode(item, for_generation=False).input_ids == idefics.encode(item, False).input_ids
+
+
+def test_mixed_batch_splits_for_non_mixing_family(adapter_for):
+    adapter = adapter_for("mllama")
+    with pytest.raises(Exception, match="cannot mix"):
+        adapter.format(ITEMS, for_generation=True)
+    assert len(adapter.answer_logprobs(ITEMS)) == len(ITEMS)

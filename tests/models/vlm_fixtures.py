@@ -1,0 +1,287 @@
+"""Tiny random VLMs of each family, built offline from configs and saved like hub checkpoints.
+
+Each builder trains a word-level tokenizer with `tokenizers` (the family's special tokens included), uses the
+family's real PIL image processor class, and writes model + tokenizer + image processor (+ processor where
+it can be built without torchvision) with `save_pretrained`, so `load_adapter` reads them as it reads a hub
+model. Sizes: hidden 16-32, 1-2 layers, 16-32 px images.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    CLIPVisionConfig,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    Idefics3ImageProcessorPil,
+    Idefics3Processor,
+    LlamaConfig,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessorPil,
+    LlavaNextProcessor,
+    MllamaConfig,
+    MllamaForConditionalGeneration,
+    MllamaImageProcessorPil,
+    MllamaProcessor,
+    PreTrainedTokenizerFast,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
+    SmolVLMImageProcessorPil,
+)
+
+from mmunlearn.models.adapters import VLMInput
+from mmunlearn.models.tiny_llava import TinyLlavaSpec, build_model, build_processor, build_tokenizer
+
+WORDS = ("what colour is this creature ? what does the zorp eat ? where does the blip live ? red berries cave "
+         "zorp blip name of you are a helpful assistant . user assistant system : question answer")
+
+# The chat template of llava-hf/llava-1.5-*-hf: no end-of-turn in the answer turn (the adapter appends eos).
+LLAVA15_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', "
+    "'text') %}{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | "
+    "selectattr('type', 'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}"
+    "{% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+# Qwen2-VL's ChatML template (default system turn, vision markers around the image pad).
+QWEN2VL_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% for message in messages %}{% if loop.first and message['role'] "
+    "!= 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>"
+    "{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n{% else %}"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<|vision_start|><|image_pad|>"
+    "<|vision_end|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# HuggingFaceM4/Idefics3-8B-Llama3's template (BOS written by the template itself).
+IDEFICS3_TEMPLATE = (
+    "<|begin_of_text|>{% for message in messages %}{{message['role'].capitalize()}}{% if message['content'][0]"
+    "['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if "
+    "line['type'] == 'text' %}{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}"
+    "{% endfor %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+# Llama-3.2-Vision-Instruct style.
+MLLAMA_TEMPLATE = (
+    "<|begin_of_text|>{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{% for content in message['content'] %}{% if content['type'] == 'image' %}<|image|>{% elif content['type'] "
+    "== 'text' %}{{ content['text'] }}{% endif %}{% endfor %}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+HALF = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+
+
+def picture(seed: int, size: tuple[int, int] = (32, 32)) -> Image.Image:
+    rng = random.Random(seed)
+    img = Image.new("RGB", size, tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(img)
+    w, h = size
+    draw.rectangle((w // 4, h // 4, 3 * w // 4, 3 * h // 4), fill=tuple(rng.randrange(256) for _ in range(3)))
+    return img
+
+
+def make_items() -> list[VLMInput]:
+    """Image and text-only rows interleaved, images of two aspect ratios."""
+    return [
+        VLMInput(picture(1), "what colour is this creature ?", "red"),
+        VLMInput(None, "what does the zorp eat ?", "berries"),
+        VLMInput(picture(2, (32, 16)), "what is the name of this creature ?", "zorp blip"),
+        VLMInput(None, "where does the blip live ?", "cave"),
+        VLMInput(picture(3, (16, 16)), "what does this creature eat ?", "berries"),
+    ]
+
+
+def word_tokenizer(specials: list[str], *, bos: str | None, eos: str, pad: str, template: str,
+                   add_bos: bool, extra: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = list(dict.fromkeys(["<unk>", *specials]))
+    tok.train_from_iterator([WORDS], trainers.WordLevelTrainer(special_tokens=specials, min_frequency=1))
+    if add_bos and bos:
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
+                                                           special_tokens=[(bos, tok.token_to_id(bos))])
+    kwargs = {"extra_special_tokens": extra} if extra else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token="<unk>",
+                                   pad_token=pad, padding_side="left", chat_template=template, **kwargs)
+
+
+def _llama(tok: PreTrainedTokenizerFast, **kw: object) -> LlamaConfig:
+    return LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       tie_word_embeddings=False, **kw)
+
+
+def _finish(model: torch.nn.Module, tok: PreTrainedTokenizerFast) -> None:
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.bos_token_id = tok.bos_token_id
+
+
+def build_llava_tiny(out: Path) -> Path:
+    """The repo's own tiny LLaVA (mmunlearn.models.tiny_llava), as the pretraining pipeline saves it."""
+    spec = TinyLlavaSpec(image_size=16, patch_size=8, vision_hidden=16, vision_layers=1, vision_heads=2,
+                         text_hidden=32, text_layers=2, text_heads=2, max_positions=128)
+    tok = build_tokenizer([WORDS])
+    torch.manual_seed(0)
+    build_model(tok, spec).save_pretrained(out)
+    build_processor(tok, spec).save_pretrained(out)
+    return out
+
+
+def build_llava15(out: Path) -> Path:
+    """LLaVA with the llava-1.5-hf chat template (answer turn without an end-of-turn token)."""
+    spec = TinyLlavaSpec(image_size=16, patch_size=8, vision_hidden=16, vision_layers=1, vision_heads=2,
+                         text_hidden=32, text_layers=2, text_heads=2, max_positions=128)
+    tok = build_tokenizer([WORDS])
+    torch.manual_seed(1)
+    build_model(tok, spec).save_pretrained(out)
+    processor = build_processor(tok, spec)
+    processor.chat_template = LLAVA15_TEMPLATE
+    processor.save_pretrained(out)
+    return out
+
+
+def build_llava_next(out: Path) -> Path:
+    tok = word_tokenizer(["<pad>", "<s>", "</s>", "<image>"], bos="<s>", eos="</s>", pad="<pad>",
+                         template=LLAVA15_TEMPLATE, add_bos=True, extra={"image_token": "<image>"})
+    pinpoints = [[16, 32], [32, 16], [32, 32]]
+    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16},
+                                                 image_grid_pinpoints=pinpoints, **HALF)
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=8,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   chat_template=LLAVA15_TEMPLATE)
+    vision = CLIPVisionConfig(image_size=16, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                              num_attention_heads=2)
+    config = LlavaNextConfig(vision_config=vision, text_config=_llama(tok),
+                             image_token_index=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints,
+                             vision_feature_select_strategy="default", vision_feature_layer=-1,
+                             tie_word_embeddings=False)
+    torch.manual_seed(2)
+    model = LlavaNextForConditionalGeneration(config)
+    _finish(model, tok)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|image_pad|>", "<|video_pad|>"]
+
+
+def build_qwen2_vl(out: Path) -> Path:
+    """Qwen2-VL without its processor (needs torchvision): tokenizer + Qwen2VLImageProcessorPil only."""
+    tok = word_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", template=QWEN2VL_TEMPLATE,
+                         add_bos=False)
+    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 256}, patch_size=4,
+                                               temporal_patch_size=2, merge_size=2, **HALF)
+    ids = tok.convert_tokens_to_ids
+    text = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            "bos_token_id": None, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    vision = {"depth": 1, "embed_dim": 16, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2, "patch_size": 4,
+              "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
+                           video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
+                           vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False)
+    torch.manual_seed(3)
+    model = Qwen2VLForConditionalGeneration(config)
+    _finish(model, tok)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    image_processor.save_pretrained(out)
+    return out
+
+
+IDEFICS_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<pad>", "<fake_token_around_image>", "<image>",
+                    "<end_of_utterance>", "<global-img>"] + \
+    [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
+
+
+def _idefics_parts() -> tuple[PreTrainedTokenizerFast, dict, dict]:
+    tok = word_tokenizer(IDEFICS_SPECIALS, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad="<pad>",
+                         template=IDEFICS3_TEMPLATE, add_bos=True)
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 16, "patch_size": 4}
+    image_kwargs = {"size": {"longest_edge": 32}, "max_image_size": {"longest_edge": 16}, "do_image_splitting": True,
+                    **HALF}
+    return tok, vision, image_kwargs
+
+
+def build_idefics3(out: Path) -> Path:
+    tok, vision, image_kwargs = _idefics_parts()
+    processor = Idefics3Processor(image_processor=Idefics3ImageProcessorPil(**image_kwargs), tokenizer=tok,
+                                  image_seq_len=4, chat_template=IDEFICS3_TEMPLATE)
+    config = Idefics3Config(vision_config=vision, text_config=_llama(tok), scale_factor=2,
+                            image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
+    torch.manual_seed(4)
+    model = Idefics3ForConditionalGeneration(config)
+    _finish(model, tok)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def build_smolvlm(out: Path) -> Path:
+    """SmolVLM without its processor (needs torchvision): tokenizer + SmolVLMImageProcessorPil only."""
+    tok, vision, image_kwargs = _idefics_parts()
+    config = SmolVLMConfig(vision_config=vision, text_config=_llama(tok), scale_factor=2,
+                           image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
+    torch.manual_seed(5)
+    model = SmolVLMForConditionalGeneration(config)
+    _finish(model, tok)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    SmolVLMImageProcessorPil(**image_kwargs).save_pretrained(out)
+    return out
+
+
+MLLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>",
+                   "<|image|>", "<|python_tag|>", "<|finetune_right_pad_id|>"]
+
+
+def build_mllama(out: Path) -> Path:
+    tok = word_tokenizer(MLLAMA_SPECIALS, bos="<|begin_of_text|>", eos="<|eot_id|>", pad="<|finetune_right_pad_id|>",
+                         template=MLLAMA_TEMPLATE, add_bos=True)
+    image_processor = MllamaImageProcessorPil(size={"height": 16, "width": 16}, max_image_tiles=4, **HALF)
+    processor = MllamaProcessor(image_processor=image_processor, tokenizer=tok, chat_template=MLLAMA_TEMPLATE)
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_global_layers": 1,
+              "attention_heads": 2, "image_size": 16, "patch_size": 8, "max_num_tiles": 4,
+              "intermediate_layers_indices": [0], "vision_output_dim": 32}
+    text = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 2, "cross_attention_layers": [1],
+            "max_position_embeddings": 512, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id}
+    config = MllamaConfig(vision_config=vision, text_config=text,
+                          image_token_index=tok.convert_tokens_to_ids("<|image|>"))
+    torch.manual_seed(6)
+    model = MllamaForConditionalGeneration(config)
+    _finish(model, tok)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+BUILDERS = {
+    "llava_tiny": build_llava_tiny,
+    "llava15": build_llava15,
+    "llava_next": build_llava_next,
+    "qwen2_vl": build_qwen2_vl,
+    "idefics3": build_idefics3,
+    "smolvlm": build_smolvlm,
+    "mllama": build_mllama,
+}
