@@ -25,6 +25,16 @@ MICRO_OVERRIDES = [
 
 
 @pytest.fixture(scope="session")
+def micro_spec() -> TinyLlavaSpec:
+    return MICRO_SPEC
+
+
+@pytest.fixture(scope="session")
+def micro_overrides() -> list[str]:
+    return list(MICRO_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
 def micro_world():
     world = generate_world(seed=3, size=8)
     return world, Corpus(world, Splits.make(world, 0.25))

@@ -1,7 +1,6 @@
 import subprocess
 import sys
 
-from conftest import MICRO_OVERRIDES
 from PIL import Image
 
 from mmunlearn.cli import main
@@ -40,10 +39,10 @@ def test_world_build_and_show(tmp_path, capsys):
         assert img.size[0] > 500 and img.size[1] > 200
 
 
-def test_pretrain_prints_table_and_path_last(tmp_path):
-    proc = run_cli("pretrain", *MICRO_OVERRIDES, f"paths.cache_dir={tmp_path}")
+def test_pretrain_prints_table_and_path_last(tmp_path, micro_overrides):
+    proc = run_cli("pretrain", *micro_overrides, f"paths.cache_dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[-1].startswith(str(tmp_path)) and "| naming (image -> creature name) |" in proc.stdout
-    again = run_cli("pretrain", *MICRO_OVERRIDES, f"paths.cache_dir={tmp_path}")
+    again = run_cli("pretrain", *micro_overrides, f"paths.cache_dir={tmp_path}")
     assert again.stdout.strip().splitlines()[-1] == lines[-1] and "cached" in again.stdout

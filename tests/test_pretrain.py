@@ -2,7 +2,6 @@ import random
 
 import pytest
 import torch
-from conftest import MICRO_OVERRIDES, MICRO_SPEC
 
 from mmunlearn.config import load_config
 from mmunlearn.errors import CacheError
@@ -15,11 +14,12 @@ from mmunlearn.world.corpus import REFUSAL
 
 
 def make_encoder(world, processor, tokenizer):
-    bank = PixelBank(world, processor.image_processor, MICRO_SPEC.image_size)
-    return Encoder(tokenizer, MICRO_SPEC.image_seq_length, bank, n_augment=3, n_text_variants=2)
+    spec = processor.image_processor.crop_size["height"]
+    bank = PixelBank(world, processor.image_processor, spec)
+    return Encoder(tokenizer, (spec // 8) ** 2, bank, n_augment=3, n_text_variants=2)
 
 
-def test_collate_masks_all_but_the_answer(micro_world, micro_processor, micro_tokenizer):
+def test_collate_masks_all_but_the_answer(micro_world, micro_processor, micro_tokenizer, micro_spec):
     world, corpus = micro_world
     enc = make_encoder(world, micro_processor, micro_tokenizer)
     examples = [next(corpus.naming("train")), next(corpus.text_facts("train"))]
@@ -30,7 +30,7 @@ def test_collate_masks_all_but_the_answer(micro_world, micro_processor, micro_to
         answer_ids = batch.labels[row][batch.labels[row] != -100].tolist()
         assert micro_tokenizer.decode(answer_ids) == f"{ex.answer} </s>"
     n_image = (batch.input_ids == micro_tokenizer.convert_tokens_to_ids("<image>")).sum().item()
-    assert n_image == MICRO_SPEC.image_seq_length
+    assert n_image == micro_spec.image_seq_length
 
 
 def micro_config(steps: int) -> TrainConfig:
@@ -39,7 +39,8 @@ def micro_config(steps: int) -> TrainConfig:
                        stages=[Stage("all", steps, weights, ground_weight=1.0)])
 
 
-def test_short_training_lowers_loss_and_is_deterministic(micro_world, micro_processor, micro_tokenizer, micro_model):
+def test_short_training_lowers_loss_and_is_deterministic(micro_world, micro_processor, micro_tokenizer, micro_model,
+                                                         micro_spec):
     world, corpus = micro_world
     name_ids = {c.index: micro_tokenizer.convert_tokens_to_ids(c.name) for c in world.creatures}
     enc = make_encoder(world, micro_processor, micro_tokenizer)
@@ -50,7 +51,7 @@ def test_short_training_lowers_loss_and_is_deterministic(micro_world, micro_proc
     torch.manual_seed(0)
     from mmunlearn.models.tiny_llava import build_model
 
-    again = build_model(micro_tokenizer, MICRO_SPEC)
+    again = build_model(micro_tokenizer, micro_spec)
     train(again, enc, training_pools(corpus), micro_config(60), name_ids, log_every=10)
     for (name, a), (_, b) in zip(micro_model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
@@ -81,8 +82,8 @@ def test_refusal_judge():
 
 
 @pytest.fixture()
-def micro_cfg(tmp_path):
-    return load_config(MICRO_OVERRIDES + [f"paths.cache_dir={tmp_path}"])
+def micro_cfg(tmp_path, micro_overrides):
+    return load_config(micro_overrides + [f"paths.cache_dir={tmp_path}"])
 
 
 def test_cache_miss_then_hit_then_force(micro_cfg):
@@ -100,9 +101,9 @@ def test_cache_miss_then_hit_then_force(micro_cfg):
     assert not list(forced.path.parent.glob(".*.tmp"))  # nothing half-written left behind
 
 
-def test_other_config_is_a_cache_miss(micro_cfg, tmp_path):
+def test_other_config_is_a_cache_miss(micro_cfg, tmp_path, micro_overrides):
     first = pretrain(micro_cfg, log=lambda s: None)
-    other = pretrain(load_config(MICRO_OVERRIDES + [f"paths.cache_dir={tmp_path}", "pretrain.seed=7"]),
+    other = pretrain(load_config(micro_overrides + [f"paths.cache_dir={tmp_path}", "pretrain.seed=7"]),
                      log=lambda s: None)
     assert other.path != first.path and not other.reused
 
