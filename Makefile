@@ -20,7 +20,7 @@ run: $(STAMP)
 	$(BIN)/mmunlearn pretrain
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q tests
 	$(BIN)/ruff check src tests benchmarks
 
 bench: $(STAMP)

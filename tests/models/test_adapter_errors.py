@@ -75,6 +75,12 @@ def test_bf16_load(model_dir):
     assert len(adapter.generate(adapter_items()[:1], max_new_tokens=2)) == 1
 
 
+def test_device_map_load(model_dir):
+    adapter = load_adapter(model_dir("qwen2_vl"), device_map={"": "cpu"})
+    assert adapter.device.type == "cpu"
+    assert len(adapter.generate(adapter_items()[:2], max_new_tokens=2)) == 2
+
+
 def adapter_items():
     from vlm_fixtures import make_items
 

@@ -13,11 +13,12 @@ from mmunlearn.models.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from mmunlearn.models.adapters.llava import LlavaAdapter
 from mmunlearn.models.adapters.llava_next import LlavaNextAdapter
 from mmunlearn.models.adapters.mllama import MllamaAdapter
-from mmunlearn.models.adapters.qwen2_vl import Qwen2VLAdapter
+from mmunlearn.models.adapters.qwen2_vl import Qwen2VLAdapter, Qwen25VLAdapter
 
 FAMILIES = list(BUILDERS)
 EXPECTED_CLASS = {"llava_tiny": LlavaAdapter, "llava15": LlavaAdapter, "llava_next": LlavaNextAdapter,
-                  "qwen2_vl": Qwen2VLAdapter, "idefics3": Idefics3Adapter, "smolvlm": SmolVLMAdapter,
+                  "qwen2_vl": Qwen2VLAdapter, "qwen2_5_vl": Qwen25VLAdapter,
+                  "idefics3": Idefics3Adapter, "smolvlm": SmolVLMAdapter,
                   "mllama": MllamaAdapter}
 ITEMS = make_items()
 
@@ -39,7 +40,7 @@ def test_loads_the_family_adapter(family, adapter_for):
     adapter = adapter_for(family)
     assert type(adapter) is EXPECTED_CLASS[family]
     # Qwen2-VL and SmolVLM processors need torchvision: those two run the manual (PIL + tokenizer) path.
-    assert (adapter.processor is None) == (family in ("qwen2_vl", "smolvlm"))
+    assert (adapter.processor is None) == (family in ("qwen2_vl", "qwen2_5_vl", "smolvlm"))
 
 
 def test_format_round_trip(adapter):
@@ -217,3 +218,59 @@ def test_mixed_batch_splits_for_non_mixing_family(adapter_for):
     with pytest.raises(Exception, match="cannot mix"):
         adapter.format(ITEMS, for_generation=True)
     assert len(adapter.answer_logprobs(ITEMS)) == len(ITEMS)
+
+
+def test_batching_does_not_change_scores(adapter):
+    """Mixed, left-padded batches give each row what it gets alone: pixel values reach the right rows."""
+    batched = adapter.answer_logprobs(ITEMS)
+    adapter.batch_size, saved = 1, adapter.batch_size
+    try:
+        alone = adapter.answer_logprobs(ITEMS)
+        alone_lens = adapter.logit_lens(ITEMS)
+    finally:
+        adapter.batch_size = saved
+    for a, b in zip(batched, alone):
+        assert a.token_ids == b.token_ids
+        assert a.total == pytest.approx(b.total, abs=1e-4)
+    assert torch.allclose(adapter.logit_lens(ITEMS), alone_lens, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llava_tiny", "llava15", "llava_next", "idefics3", "mllama"])
+def test_generation_prompt_equals_processor_chat_template(family, adapter_for):
+    """One row of `format` is what `processor.apply_chat_template(tokenize=True)` gives for that conversation."""
+    adapter = adapter_for(family)
+    for item in ITEMS[:2]:
+        content = ([{"type": "image", "image": item.image}] if item.image is not None else [])
+        content.append({"type": "text", "text": item.question})
+        expected = adapter.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                         add_generation_prompt=True, tokenize=True,
+                                                         return_dict=True, return_tensors="pt")
+        batch = adapter.format([item], for_generation=True)
+        assert batch.inputs["input_ids"].tolist() == expected["input_ids"].tolist()
+        if item.image is not None:
+            assert torch.equal(batch.inputs["pixel_values"], expected["pixel_values"])
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_qwen_manual_path_equals_qwen2vl_processor(family, adapter_for):
+    """The manual rows equal Qwen2VLProcessor's (built here without the video processor torchvision needs)."""
+    from transformers import Qwen2VLProcessor
+
+    manual = adapter_for(family)
+    processor = object.__new__(Qwen2VLProcessor)
+    processor.tokenizer, processor.image_processor = manual.tokenizer, manual.image_processor
+    processor.chat_template = manual.chat_template
+    processor.image_token, processor.video_token = "<|image_pad|>", "<|video_pad|>"
+    processor.image_token_id = manual.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    processor.video_token_id = manual.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    real = type(manual)(manual.model, processor)
+    for item in ITEMS:
+        a, b = manual.encode(item, for_generation=False), real.encode(item, for_generation=False)
+        assert a.input_ids == b.input_ids and a.answer_start == b.answer_start
+        assert sorted(a.vision) == sorted(b.vision)
+        assert all(torch.equal(a.vision[k], b.vision[k]) for k in a.vision)
+    image_item = ITEMS[0]
+    text = real.render(image_item, with_answer=False)
+    expected = processor(text=[text], images=[image_item.image], return_tensors="pt")
+    batch = manual.format([image_item], for_generation=True)
+    assert torch.equal(batch.inputs["mm_token_type_ids"], expected["mm_token_type_ids"].long())

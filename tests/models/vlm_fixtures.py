@@ -30,6 +30,8 @@ from transformers import (
     MllamaImageProcessorPil,
     MllamaProcessor,
     PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
@@ -207,6 +209,32 @@ def build_qwen2_vl(out: Path) -> Path:
     return out
 
 
+def build_qwen2_5_vl(out: Path) -> Path:
+    """Qwen2.5-VL (windowed vision attention) through the same adapter code and manual path as Qwen2-VL."""
+    tok = word_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", template=QWEN2VL_TEMPLATE,
+                         add_bos=False)
+    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 256}, patch_size=4,
+                                               temporal_patch_size=2, merge_size=2, **HALF)
+    ids = tok.convert_tokens_to_ids
+    text = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            "bos_token_id": None, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    vision = {"depth": 2, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "patch_size": 4,
+              "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3, "window_size": 16,
+              "out_hidden_size": 32, "fullatt_block_indexes": [1]}
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
+                              video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
+                              vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False)
+    torch.manual_seed(7)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    _finish(model, tok)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    image_processor.save_pretrained(out)
+    return out
+
+
 IDEFICS_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<pad>", "<fake_token_around_image>", "<image>",
                     "<end_of_utterance>", "<global-img>"] + \
     [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
@@ -262,7 +290,8 @@ def build_mllama(out: Path) -> Path:
     vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_global_layers": 1,
               "attention_heads": 2, "image_size": 16, "patch_size": 8, "max_num_tiles": 4,
               "intermediate_layers_indices": [0], "vision_output_dim": 32}
-    text = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+    # As in Llama-3.2-Vision, self-attention layers come first and last, a cross-attention layer in between.
+    text = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
             "num_attention_heads": 2, "num_key_value_heads": 2, "cross_attention_layers": [1],
             "max_position_embeddings": 512, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
             "pad_token_id": tok.pad_token_id}
@@ -281,6 +310,7 @@ BUILDERS = {
     "llava15": build_llava15,
     "llava_next": build_llava_next,
     "qwen2_vl": build_qwen2_vl,
+    "qwen2_5_vl": build_qwen2_5_vl,
     "idefics3": build_idefics3,
     "smolvlm": build_smolvlm,
     "mllama": build_mllama,

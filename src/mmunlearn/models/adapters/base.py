@@ -242,7 +242,7 @@ class VLMAdapter(abc.ABC):
 
         try:
             processor = AutoProcessor.from_pretrained(path_or_id, **common)
-        except Exception:  # e.g. a video processor that needs torchvision: take the manual path
+        except (ImportError, OSError, ValueError):  # e.g. a video processor needing torchvision: manual path
             processor = None
         if isinstance(processor, ProcessorMixin) and hasattr(processor, "image_processor"):
             return processor, None, None, None
@@ -809,7 +809,8 @@ def load_config(path_or_id: str, trust_remote_code: bool = False, local_files_on
     try:
         return AutoConfig.from_pretrained(path_or_id, **kwargs)
     except (OSError, ValueError) as exc:
-        if local_files_only or _offline():
+        unreachable = any(word in str(exc).lower() for word in ("connect", "offline", "local cache", "resolve host"))
+        if local_files_only or _offline() or unreachable:
             raise MMUnlearnError(f"model {path_or_id!r} is not available offline: no local directory and no copy "
                                  "in the Hugging Face cache (download it where the hub is reachable, or pass a "
                                  "local directory)") from None

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mmunlearn.errors import MMUnlearnError
 from mmunlearn.models.adapters.base import EncodedRow, VLMAdapter, register_adapter
 
 
@@ -65,8 +66,11 @@ class MllamaAdapter(VLMAdapter):
         n_layers = self.num_layers
         cross = {int(i) for i in (getattr(self.text_config, "cross_attention_layers", None) or [])}
         executed = [i for i in range(n_layers) if i not in cross]
-        if len(states) == n_layers + 1 or len(states) != len(executed) + 1 or n_layers - 1 in cross:
+        if len(states) == n_layers + 1 or len(states) != len(executed) + 1:
             return states
+        if n_layers - 1 in cross:
+            raise MMUnlearnError(f"model {self.name!r}: the last decoder layer is a cross-attention layer, so a "
+                                 "text-only forward returns no un-normed state for it; probe image rows only")
         full, recorded = [states[0]], iter(states[1:])
         for i in range(n_layers):
             full.append(next(recorded) if i not in cross else full[-1])
