@@ -184,8 +184,8 @@ QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|
                  "<|image_pad|>", "<|video_pad|>"]
 
 
-def build_qwen2_vl(out: Path) -> Path:
-    """Qwen2-VL without its processor (needs torchvision): tokenizer + Qwen2VLImageProcessorPil only."""
+def _build_qwen(out: Path, config_cls, model_cls, vision: dict, seed: int) -> Path:
+    """Qwen2-VL-style model without its processor (needs torchvision): tokenizer + Qwen2VLImageProcessorPil."""
     tok = word_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", template=QWEN2VL_TEMPLATE,
                          add_bos=False)
     image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 256}, patch_size=4,
@@ -195,44 +195,30 @@ def build_qwen2_vl(out: Path) -> Path:
             "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
             "bos_token_id": None, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
-    vision = {"depth": 1, "embed_dim": 16, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2, "patch_size": 4,
-              "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}
-    config = Qwen2VLConfig(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
-                           video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
-                           vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False)
-    torch.manual_seed(3)
-    model = Qwen2VLForConditionalGeneration(config)
+    config = config_cls(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
+                        video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
+                        vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = model_cls(config)
     _finish(model, tok)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     image_processor.save_pretrained(out)
     return out
+
+
+def build_qwen2_vl(out: Path) -> Path:
+    vision = {"depth": 1, "embed_dim": 16, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2, "patch_size": 4,
+              "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3}
+    return _build_qwen(out, Qwen2VLConfig, Qwen2VLForConditionalGeneration, vision, seed=3)
 
 
 def build_qwen2_5_vl(out: Path) -> Path:
     """Qwen2.5-VL (windowed vision attention) through the same adapter code and manual path as Qwen2-VL."""
-    tok = word_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", template=QWEN2VL_TEMPLATE,
-                         add_bos=False)
-    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 256}, patch_size=4,
-                                               temporal_patch_size=2, merge_size=2, **HALF)
-    ids = tok.convert_tokens_to_ids
-    text = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            "bos_token_id": None, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
     vision = {"depth": 2, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "patch_size": 4,
               "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3, "window_size": 16,
               "out_hidden_size": 32, "fullatt_block_indexes": [1]}
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
-                              video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
-                              vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False)
-    torch.manual_seed(7)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    _finish(model, tok)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    image_processor.save_pretrained(out)
-    return out
+    return _build_qwen(out, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, vision, seed=7)
 
 
 IDEFICS_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<pad>", "<fake_token_around_image>", "<image>",
