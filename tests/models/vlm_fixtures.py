@@ -133,25 +133,25 @@ def _finish(model: torch.nn.Module, tok: PreTrainedTokenizerFast) -> None:
     model.generation_config.bos_token_id = tok.bos_token_id
 
 
+TINY_SPEC = TinyLlavaSpec(image_size=16, patch_size=8, vision_hidden=16, vision_layers=1, vision_heads=2,
+                          text_hidden=32, text_layers=2, text_heads=2, max_positions=128)
+
+
 def build_llava_tiny(out: Path) -> Path:
     """The repo's own tiny LLaVA (mmunlearn.models.tiny_llava), as the pretraining pipeline saves it."""
-    spec = TinyLlavaSpec(image_size=16, patch_size=8, vision_hidden=16, vision_layers=1, vision_heads=2,
-                         text_hidden=32, text_layers=2, text_heads=2, max_positions=128)
     tok = build_tokenizer([WORDS])
     torch.manual_seed(0)
-    build_model(tok, spec).save_pretrained(out)
-    build_processor(tok, spec).save_pretrained(out)
+    build_model(tok, TINY_SPEC).save_pretrained(out)
+    build_processor(tok, TINY_SPEC).save_pretrained(out)
     return out
 
 
 def build_llava15(out: Path) -> Path:
     """LLaVA with the llava-1.5-hf chat template (answer turn without an end-of-turn token)."""
-    spec = TinyLlavaSpec(image_size=16, patch_size=8, vision_hidden=16, vision_layers=1, vision_heads=2,
-                         text_hidden=32, text_layers=2, text_heads=2, max_positions=128)
     tok = build_tokenizer([WORDS])
     torch.manual_seed(1)
-    build_model(tok, spec).save_pretrained(out)
-    processor = build_processor(tok, spec)
+    build_model(tok, TINY_SPEC).save_pretrained(out)
+    processor = build_processor(tok, TINY_SPEC)
     processor.chat_template = LLAVA15_TEMPLATE
     processor.save_pretrained(out)
     return out
