@@ -127,10 +127,14 @@ def _llama(tok: PreTrainedTokenizerFast, **kw: object) -> LlamaConfig:
                        tie_word_embeddings=False, **kw)
 
 
-def _finish(model: torch.nn.Module, tok: PreTrainedTokenizerFast) -> None:
+def _save_random_model(model_cls, config, tok: PreTrainedTokenizerFast, out: Path, seed: int) -> None:
+    """A seeded random model with the tokenizer's special ids for generation, saved to `out`."""
+    torch.manual_seed(seed)
+    model = model_cls(config)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.bos_token_id = tok.bos_token_id
+    model.save_pretrained(out)
 
 
 TINY_SPEC = TinyLlavaSpec(image_size=16, patch_size=8, vision_hidden=16, vision_layers=1, vision_heads=2,
@@ -172,10 +176,7 @@ def build_llava_next(out: Path) -> Path:
                              image_token_index=tok.convert_tokens_to_ids("<image>"), image_grid_pinpoints=pinpoints,
                              vision_feature_select_strategy="default", vision_feature_layer=-1,
                              tie_word_embeddings=False)
-    torch.manual_seed(2)
-    model = LlavaNextForConditionalGeneration(config)
-    _finish(model, tok)
-    model.save_pretrained(out)
+    _save_random_model(LlavaNextForConditionalGeneration, config, tok, out, seed=2)
     processor.save_pretrained(out)
     return out
 
@@ -198,10 +199,7 @@ def _build_qwen(out: Path, config_cls, model_cls, vision: dict, seed: int) -> Pa
     config = config_cls(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
                         video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
                         vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False)
-    torch.manual_seed(seed)
-    model = model_cls(config)
-    _finish(model, tok)
-    model.save_pretrained(out)
+    _save_random_model(model_cls, config, tok, out, seed=seed)
     tok.save_pretrained(out)
     image_processor.save_pretrained(out)
     return out
@@ -242,10 +240,7 @@ def build_idefics3(out: Path) -> Path:
                                   image_seq_len=4, chat_template=IDEFICS3_TEMPLATE)
     config = Idefics3Config(vision_config=vision, text_config=_llama(tok), scale_factor=2,
                             image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
-    torch.manual_seed(4)
-    model = Idefics3ForConditionalGeneration(config)
-    _finish(model, tok)
-    model.save_pretrained(out)
+    _save_random_model(Idefics3ForConditionalGeneration, config, tok, out, seed=4)
     processor.save_pretrained(out)
     return out
 
@@ -255,10 +250,7 @@ def build_smolvlm(out: Path) -> Path:
     tok, vision, image_kwargs = _idefics_parts()
     config = SmolVLMConfig(vision_config=vision, text_config=_llama(tok), scale_factor=2,
                            image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
-    torch.manual_seed(5)
-    model = SmolVLMForConditionalGeneration(config)
-    _finish(model, tok)
-    model.save_pretrained(out)
+    _save_random_model(SmolVLMForConditionalGeneration, config, tok, out, seed=5)
     tok.save_pretrained(out)
     SmolVLMImageProcessorPil(**image_kwargs).save_pretrained(out)
     return out
@@ -283,10 +275,7 @@ def build_mllama(out: Path) -> Path:
             "pad_token_id": tok.pad_token_id}
     config = MllamaConfig(vision_config=vision, text_config=text,
                           image_token_index=tok.convert_tokens_to_ids("<|image|>"))
-    torch.manual_seed(6)
-    model = MllamaForConditionalGeneration(config)
-    _finish(model, tok)
-    model.save_pretrained(out)
+    _save_random_model(MllamaForConditionalGeneration, config, tok, out, seed=6)
     processor.save_pretrained(out)
     return out
 
