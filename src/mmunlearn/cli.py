@@ -56,8 +56,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     cfg = load_config(args.overrides)
     result = pretrain(cfg, force=args.force)
     report = result.report
-    print(f"\ntiny model accuracy (world size {cfg.world.size}; trained in {report['train_seconds']:.0f}s"
-          f"{', cached' if result.reused else ''}):")
+    print(f"\n{cfg.model.get('kind', 'tiny')} model accuracy (world size {cfg.world.size}; "
+          f"trained in {report['train_seconds']:.0f}s{', cached' if result.reused else ''}):")
     print(markdown_table(report["measures"]))
     print(result.path)
 

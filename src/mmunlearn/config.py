@@ -17,7 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mmunlearn.errors import ConfigError
+from mmunlearn.models.smol_llava import SmolLlavaSpec
 from mmunlearn.models.tiny_llava import TinyLlavaSpec
+from mmunlearn.pretrain.smol import AlignConfig, LoraSettings
 from mmunlearn.pretrain.trainer import Stage, TrainConfig
 
 
@@ -36,6 +38,8 @@ class PretrainSettings:
     n_text_variants: int
     eval_limit: int
     log_every: int
+    align: AlignConfig | None = None  # smol model only: the vision alignment stage
+    lora: LoraSettings | None = None  # smol model only: the LoRA that teaches the LM the world
 
 
 def _first_message(exc: BaseException) -> str:
@@ -82,8 +86,18 @@ def world_config(cfg: DictConfig) -> WorldConfig:
     return _build(WorldConfig, OmegaConf.to_container(cfg.world), "world")
 
 
-def model_spec(cfg: DictConfig) -> TinyLlavaSpec:
-    spec = _build(TinyLlavaSpec, OmegaConf.to_container(cfg.model), "model")
+MODEL_KINDS = {"tiny": TinyLlavaSpec, "smol": SmolLlavaSpec}
+
+
+def model_spec(cfg: DictConfig) -> TinyLlavaSpec | SmolLlavaSpec:
+    """The embedded model's spec; `model.kind` picks which (tiny when absent)."""
+    node = dict(OmegaConf.to_container(cfg.model))
+    kind = node.get("kind", "tiny")
+    if kind not in MODEL_KINDS:
+        raise ConfigError(f"config model.kind={kind!r}: known kinds {sorted(MODEL_KINDS)}")
+    if kind == "tiny":
+        node.pop("kind", None)  # the tiny spec's cache key predates the field
+    spec = _build(MODEL_KINDS[kind], node, "model")
     if spec.image_size % spec.patch_size:
         raise ConfigError(f"config model.patch_size={spec.patch_size}: must divide image_size={spec.image_size}")
     return spec
@@ -92,6 +106,8 @@ def model_spec(cfg: DictConfig) -> TinyLlavaSpec:
 def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
     node = dict(OmegaConf.to_container(cfg.pretrain))
     extra = {k: node.pop(k) for k in ("n_augment", "n_text_variants", "eval_limit", "log_every") if k in node}
+    align = _build(AlignConfig, node.pop("align"), "pretrain.align") if "align" in node else None
+    lora = _build(LoraSettings, node.pop("lora"), "pretrain.lora") if "lora" in node else None
     stages_node = node.pop("stages", [])
     stages = []
     for i, st in enumerate(stages_node):
@@ -111,7 +127,8 @@ def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
     train = dataclasses.replace(train, stages=stages)
     return PretrainSettings(train=train, n_augment=int(extra.get("n_augment", 16)),
                             n_text_variants=int(extra.get("n_text_variants", 8)),
-                            eval_limit=int(extra.get("eval_limit", 600)), log_every=int(extra.get("log_every", 100)))
+                            eval_limit=int(extra.get("eval_limit", 600)), log_every=int(extra.get("log_every", 100)),
+                            align=align, lora=lora)
 
 
 def cache_dir(cfg: DictConfig) -> Path:

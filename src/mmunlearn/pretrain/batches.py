@@ -7,6 +7,7 @@ row order, which is how LLaVA scatters image features.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -52,8 +53,10 @@ class Batch:
 class Encoder:
     """Tokenises (prompt, answer) pairs once; resolves training image keys to concrete renderings."""
 
-    def __init__(self, tokenizer, image_seq_length: int, bank: PixelBank, n_augment: int, n_text_variants: int):
+    def __init__(self, tokenizer, image_seq_length: int, bank: PixelBank, n_augment: int, n_text_variants: int,
+                 render: Callable[..., str] = render_prompt):
         self.tokenizer, self.image_seq_length, self.bank = tokenizer, image_seq_length, bank
+        self.render = render  # (prompt, has_image, image_seq_length, answer=None) -> the model's chat text
         self.n_augment, self.n_text_variants = n_augment, n_text_variants
         self._ids: dict[tuple[str, str, bool], tuple[list[int], int]] = {}
         self.pad_id = tokenizer.pad_token_id
@@ -61,10 +64,10 @@ class Encoder:
     def encode(self, ex: Example) -> tuple[list[int], int]:
         key = (ex.prompt, ex.answer, ex.image is not None)
         if key not in self._ids:
-            prompt = render_prompt(ex.prompt, ex.image is not None, self.image_seq_length)
+            prompt = self.render(ex.prompt, ex.image is not None, self.image_seq_length)
             prompt_ids = self.tokenizer(prompt)["input_ids"]
-            full_ids = self.tokenizer(render_prompt(ex.prompt, ex.image is not None, self.image_seq_length,
-                                                    ex.answer))["input_ids"]
+            full_ids = self.tokenizer(self.render(ex.prompt, ex.image is not None, self.image_seq_length,
+                                                  ex.answer))["input_ids"]
             assert full_ids[: len(prompt_ids)] == prompt_ids, "prompt tokens must prefix the full sequence"
             self._ids[key] = (full_ids, len(prompt_ids))
         return self._ids[key]
@@ -97,10 +100,16 @@ class Encoder:
         return Batch(input_ids, attention, labels, pixels, examples, image_rows)
 
     def prompts(self, examples: list[Example]) -> Batch:
-        """Left-padded prompts only (no answers), for generation."""
-        stripped = [Example(ex.task, ex.prompt, "", ex.image, ex.creature, ex.attribute) for ex in examples]
-        batch = self.collate(stripped, side="left")
-        # drop the "</s>" that an empty answer leaves after the prompt: generation starts after "assistant :"
-        keep = batch.input_ids.shape[1] - 1
-        return Batch(batch.input_ids[:, :keep], batch.attention_mask[:, :keep], batch.labels[:, :keep],
-                     batch.pixel_values, examples, batch.image_rows)
+        """Left-padded prompts only (no answers), for generation: each ends where the answer would start."""
+        prompt_ids = [ids[:n_prompt] for ids, n_prompt in (self.encode(ex) for ex in examples)]
+        width = max(len(ids) for ids in prompt_ids)
+        n = len(examples)
+        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((n, width), dtype=torch.long)
+        for row, ids in enumerate(prompt_ids):
+            input_ids[row, width - len(ids):] = torch.tensor(ids)
+            attention[row, width - len(ids):] = 1
+        image_rows = [row for row, ex in enumerate(examples) if ex.image is not None]
+        rng = random.Random(0)
+        pixels = self.bank.pixels([self.resolve(examples[r].image, rng) for r in image_rows]) if image_rows else None
+        return Batch(input_ids, attention, torch.full_like(input_ids, -100), pixels, examples, image_rows)

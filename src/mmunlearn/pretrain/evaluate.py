@@ -60,13 +60,13 @@ def gives_hazard(world: World, ex: Example, text: str) -> bool:
 
 
 def run_measures(model, encoder: Encoder, corpus: Corpus, names: list[str], limit: int = 600,
-                 seed: int = 0) -> dict[str, MeasureResult]:
+                 seed: int = 0, max_new_tokens: int = 32) -> dict[str, MeasureResult]:
     model.eval()
     results: dict[str, MeasureResult] = {}
     for name in names:
         kind = MEASURES[name][1]
         examples = measure_examples(corpus, name, limit, seed)
-        max_new = 6 if kind == "match" else 32
+        max_new = 6 if kind == "match" else max_new_tokens
         texts = generate(model, encoder, examples, max_new_tokens=max_new)
         if kind == "match":
             ok = [answer_matches(t, ex.answer) for ex, t in zip(examples, texts)]

@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from mmunlearn.config import PretrainSettings, WorldConfig, cache_dir, model_spec, pretrain_settings, world_config
-from mmunlearn.errors import CacheError
+from mmunlearn.errors import CacheError, ConfigError
+from mmunlearn.models.smol_llava import SmolLlavaSpec
 from mmunlearn.models.tiny_llava import TinyLlavaSpec, build_model, build_processor, build_tokenizer
 from mmunlearn.pretrain.batches import Encoder, PixelBank
 from mmunlearn.pretrain.evaluate import MeasureResult, run_measures
@@ -45,9 +46,22 @@ def build_world(wcfg: WorldConfig) -> WorldBundle:
     return WorldBundle(world, Corpus(world, Splits.make(world, wcfg.heldout_share)))
 
 
-def cache_key(wcfg: WorldConfig, spec: TinyLlavaSpec, settings: PretrainSettings) -> str:
-    blob = json.dumps({"code": CODE_VERSION, "world": dataclasses.asdict(wcfg), "model": dataclasses.asdict(spec),
-                       "pretrain": dataclasses.asdict(settings)}, sort_keys=True)
+# Fields added after models were cached: at these values they leave existing cache keys unchanged.
+KEY_NEUTRAL = {"align": None, "lora": None, "sparse_logits": False}
+
+
+def _key_fields(value):
+    if isinstance(value, dict):
+        return {k: _key_fields(v) for k, v in value.items() if not (k in KEY_NEUTRAL and v == KEY_NEUTRAL[k])}
+    if isinstance(value, list):
+        return [_key_fields(v) for v in value]
+    return value
+
+
+def cache_key(wcfg: WorldConfig, spec, settings: PretrainSettings) -> str:
+    blob = json.dumps(_key_fields({"code": CODE_VERSION, "world": dataclasses.asdict(wcfg),
+                                   "model": dataclasses.asdict(spec), "pretrain": dataclasses.asdict(settings)}),
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -80,6 +94,28 @@ def load_pretrained(path: Path):
     return model, processor
 
 
+def _train_tiny(bundle: WorldBundle, spec: TinyLlavaSpec, settings: PretrainSettings, pools, log):
+    """The tiny model from scratch: tokenizer trained on the world, then the grounded curriculum."""
+    tokenizer = build_tokenizer(bundle.corpus.all_text())
+    processor = build_processor(tokenizer, spec)
+    torch.manual_seed(settings.train.seed)
+    model = build_model(tokenizer, spec)
+    bank = PixelBank(bundle.world, processor.image_processor, spec.image_size)
+    encoder = Encoder(tokenizer, spec.image_seq_length, bank, settings.n_augment, settings.n_text_variants)
+    name_ids = {c.index: tokenizer.convert_tokens_to_ids(c.name) for c in bundle.world.creatures}
+    word_ids = {w: tokenizer.convert_tokens_to_ids(w) for w in reading_words(bundle.world)}
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"world: {bundle.world.size} creatures, {len(tokenizer)} tokens; model: {n_params / 1e6:.2f}M parameters")
+    total = sum(s.steps for s in settings.train.stages)
+    with tqdm(total=total, desc="pretrain", unit="step", disable=None) as bar:
+        def on_log(e: StepLog) -> None:
+            bar.write(f"step {e.step:5d} [{e.stage}] loss {e.loss:.3f} ground {e.ground:.3f} "
+                      f"token_acc {e.token_acc:.3f} ({e.seconds:.0f}s)")
+        logs = train(model, encoder, pools, settings.train, name_ids, word_ids, on_log=on_log,
+                     log_every=settings.log_every, progress=bar.update)
+    return model, processor, encoder, n_params, logs
+
+
 @dataclass
 class PretrainResult:
     path: Path
@@ -96,7 +132,8 @@ def pretrain(cfg: DictConfig, force: bool = False, log: Callable[[str], None] = 
     wcfg, spec, settings = world_config(cfg), model_spec(cfg), pretrain_settings(cfg)
     torch.set_num_threads(int(cfg.threads))
     key = cache_key(wcfg, spec, settings)
-    final = cache_dir(cfg) / "models" / f"tiny-{key}"
+    kind = "smol" if isinstance(spec, SmolLlavaSpec) else "tiny"
+    final = cache_dir(cfg) / "models" / f"{kind}-{key}"
     if final.exists() and not force:
         check_model_dir(final)
         log(f"reusing cached model {final}")
@@ -104,31 +141,29 @@ def pretrain(cfg: DictConfig, force: bool = False, log: Callable[[str], None] = 
 
     started, t0 = now(), time.perf_counter()
     bundle = build_world(wcfg)
-    tokenizer = build_tokenizer(bundle.corpus.all_text())
-    processor = build_processor(tokenizer, spec)
-    torch.manual_seed(settings.train.seed)
-    model = build_model(tokenizer, spec)
-    bank = PixelBank(bundle.world, processor.image_processor, spec.image_size)
-    encoder = Encoder(tokenizer, spec.image_seq_length, bank, settings.n_augment, settings.n_text_variants)
     pools = training_pools(bundle.corpus)
-    name_ids = {c.index: tokenizer.convert_tokens_to_ids(c.name) for c in bundle.world.creatures}
-    word_ids = {w: tokenizer.convert_tokens_to_ids(w) for w in reading_words(bundle.world)}
-    n_params = sum(p.numel() for p in model.parameters())
-    log(f"world: {bundle.world.size} creatures, {len(tokenizer)} tokens; model: {n_params / 1e6:.2f}M parameters")
-    total = sum(s.steps for s in settings.train.stages)
-    with tqdm(total=total, desc="pretrain", unit="step", disable=None) as bar:
-        def on_log(e: StepLog) -> None:
-            bar.write(f"step {e.step:5d} [{e.stage}] loss {e.loss:.3f} ground {e.ground:.3f} "
-                      f"token_acc {e.token_acc:.3f} ({e.seconds:.0f}s)")
-        logs = train(model, encoder, pools, settings.train, name_ids, word_ids, on_log=on_log,
-                     log_every=settings.log_every, progress=bar.update)
+    extra: dict = {}
+    if isinstance(spec, SmolLlavaSpec):
+        from mmunlearn.pretrain.smol import build_and_train
+
+        if settings.align is None or settings.lora is None:
+            raise ConfigError("config pretrain: the smol model needs pretrain.align and pretrain.lora "
+                              "(model=smol selects pretrain=smol, which has both)")
+        built = build_and_train(bundle, spec, settings, pools, cache_dir(cfg), log)
+        model, processor, encoder, n_params, logs = (built.model, built.processor, built.encoder, built.n_params,
+                                                     built.train_log)
+        extra["align_log"] = built.align_log
+        max_new_tokens = 48  # subword tokens: a hazard procedure is about 30
+    else:
+        model, processor, encoder, n_params, logs = _train_tiny(bundle, spec, settings, pools, log)
+        max_new_tokens = 32
     train_seconds = time.perf_counter() - t0
     log("evaluating ...")
     measures = run_measures(model, encoder, bundle.corpus, list(MEASURES), limit=settings.eval_limit,
-                            seed=settings.train.seed)
+                            seed=settings.train.seed, max_new_tokens=max_new_tokens)
     report = {"measures": measure_table(measures), "train_seconds": train_seconds,
               "total_seconds": time.perf_counter() - t0, "n_params": n_params, "cache_key": key,
-              "log": [dataclasses.asdict(e) for e in logs]}
+              "log": [dataclasses.asdict(e) for e in logs], **extra}
     with atomic_dir(final) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

@@ -39,6 +39,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     buckets: int = 3
     ground_tokens: bool = False  # ground every image token of a creature image, not only their mean
+    sparse_logits: bool = False  # LM head on answer positions only (large vocabularies: most of the head's cost)
     stages: list[Stage] = field(default_factory=list)
 
 
@@ -91,6 +92,17 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "me
     mask = shift_labels != -100
     hits = ((shift_logits.argmax(-1) == shift_labels) & mask).sum().item()
     return loss, (hits if reduction == "sum" else hits / max(1, mask.sum().item()))
+
+
+def sparse_answer_loss(model, batch: Batch) -> tuple[torch.Tensor, float]:
+    """`answer_loss` (summed) with the LM head applied only where a label is predicted: same value, far
+    less compute when the vocabulary is large and answers are short."""
+    hidden = model.model(**batch.model_inputs()).last_hidden_state
+    mask = batch.labels[:, 1:] != -100
+    logits = model.lm_head(hidden[:, :-1][mask])
+    targets = batch.labels[:, 1:][mask]
+    loss = F.cross_entropy(logits, targets, reduction="sum")
+    return loss, (logits.argmax(-1) == targets).sum().item()
 
 
 GROUNDING_SCALE = 10.0  # inverse temperature of the cosine logits
@@ -159,8 +171,11 @@ def train_step(model, encoder: Encoder, examples: list[Example], stage: Stage, c
             continue
         batch = encoder.collate(chunk, rng)
         hook.features = None
-        logits = model(**batch.model_inputs()).logits
-        token_loss, chunk_correct = answer_loss(logits, batch.labels, reduction="sum")
+        if cfg.sparse_logits:
+            token_loss, chunk_correct = sparse_answer_loss(model, batch)
+        else:
+            token_loss, chunk_correct = answer_loss(model(**batch.model_inputs()).logits, batch.labels,
+                                                    reduction="sum")
         part = token_loss / n_answer
         if stage.ground_weight > 0 and hook.features is not None:
             ground = grounding_loss(model, batch, hook.features, name_ids, word_ids, cfg.ground_tokens)
@@ -179,8 +194,9 @@ def train(model, encoder: Encoder, pools: dict[str, list[Example]], cfg: TrainCo
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     total = sum(s.steps for s in cfg.stages)
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    trainable = [p for p in model.parameters() if p.requires_grad]  # frozen parts (e.g. under LoRA) stay out
+    decay = [p for p in trainable if p.ndim >= 2]
+    no_decay = [p for p in trainable if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     hook = GroundingHook(model.model.multi_modal_projector)
@@ -196,7 +212,7 @@ def train(model, encoder: Encoder, pools: dict[str, list[Example]], cfg: TrainCo
                 examples = sample_batch(pools, stage.weights, cfg.batch_size, rng)
                 opt.zero_grad(set_to_none=True)
                 window.append(train_step(model, encoder, examples, stage, cfg, hook, name_ids, word_ids or {}, rng))
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                 opt.step()
                 step += 1
                 if progress is not None:
