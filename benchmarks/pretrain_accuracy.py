@@ -1,6 +1,7 @@
 """Pretraining acceptance benchmark: cold wall time and the accuracy table on the default world.
 
-Usage: python benchmarks/pretrain_accuracy.py [--out results.json] [KEY=VALUE overrides...]
+Usage: python benchmarks/pretrain_accuracy.py [--out results.json] [--cache DIR] [KEY=VALUE overrides...]
+(`model=smol` for the smol model.)
 Trains from scratch into a fresh temporary cache (cold), so the wall time includes world building,
 rendering, training, evaluation and saving.
 """
@@ -26,9 +27,13 @@ WALL_TARGET_S = 600
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="write the measured figures as JSON here")
+    parser.add_argument("--cache", help="train into this new cache directory and keep it (default: a temporary one)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as cache:
+    with tempfile.TemporaryDirectory() as scratch:
+        cache = args.cache or scratch
+        if args.cache and os.path.exists(args.cache) and os.listdir(args.cache):
+            parser.error(f"--cache {args.cache}: not empty (a cold run needs a new directory)")
         cfg = load_config([*args.overrides, f"paths.cache_dir={cache}"])
         t0 = time.perf_counter()
         result = pretrain(cfg, force=True)

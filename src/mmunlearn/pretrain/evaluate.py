@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from mmunlearn.pretrain.batches import Encoder
 from mmunlearn.pretrain.tasks import MEASURES, measure_examples
@@ -63,7 +64,7 @@ def run_measures(model, encoder: Encoder, corpus: Corpus, names: list[str], limi
                  seed: int = 0, max_new_tokens: int = 32) -> dict[str, MeasureResult]:
     model.eval()
     results: dict[str, MeasureResult] = {}
-    for name in names:
+    for name in tqdm(names, desc="evaluate", unit="measure", disable=None):
         kind = MEASURES[name][1]
         examples = measure_examples(corpus, name, limit, seed)
         max_new = 6 if kind == "match" else max_new_tokens

@@ -47,7 +47,7 @@ def build_world(wcfg: WorldConfig) -> WorldBundle:
 
 
 # Fields added after models were cached: at these values they leave existing cache keys unchanged.
-KEY_NEUTRAL = {"align": None, "lora": None, "sparse_logits": False}
+KEY_NEUTRAL = {"align": None, "lora": None, "sparse_logits": False, "frozen_layers": 0}
 
 
 def _key_fields(value):

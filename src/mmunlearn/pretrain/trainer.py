@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from mmunlearn.pretrain.batches import Batch, Encoder
+from mmunlearn.pretrain.prefix_cache import PrefixCache
 from mmunlearn.world.corpus import Example
 
 
@@ -40,6 +41,7 @@ class TrainConfig:
     buckets: int = 3
     ground_tokens: bool = False  # ground every image token of a creature image, not only their mean
     sparse_logits: bool = False  # LM head on answer positions only (large vocabularies: most of the head's cost)
+    frozen_layers: int = 0  # bottom LM layers that never train: text rows' states there are cached (PrefixCache)
     stages: list[Stage] = field(default_factory=list)
 
 
@@ -94,10 +96,11 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "me
     return loss, (hits if reduction == "sum" else hits / max(1, mask.sum().item()))
 
 
-def sparse_answer_loss(model, batch: Batch) -> tuple[torch.Tensor, float]:
+def sparse_answer_loss(model, batch: Batch, hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, float]:
     """`answer_loss` (summed) with the LM head applied only where a label is predicted: same value, far
-    less compute when the vocabulary is large and answers are short."""
-    hidden = model.model(**batch.model_inputs()).last_hidden_state
+    less compute when the vocabulary is large and answers are short. `hidden`: final states, if known."""
+    if hidden is None:
+        hidden = model.model(**batch.model_inputs()).last_hidden_state
     mask = batch.labels[:, 1:] != -100
     logits = model.lm_head(hidden[:, :-1][mask])
     targets = batch.labels[:, 1:][mask]
@@ -153,9 +156,17 @@ def grounding_loss(model, batch: Batch, features: torch.Tensor, name_ids: dict[i
     return F.cross_entropy(logits, torch.tensor(ids))
 
 
+def _split_text_rows(chunks: list[list[Example]]) -> list[list[Example]]:
+    """Each chunk split into its text-only and its image rows (the prefix cache serves text rows only)."""
+    out = []
+    for chunk in chunks:
+        out += [[ex for ex in chunk if ex.image is None], [ex for ex in chunk if ex.image is not None]]
+    return out
+
+
 def train_step(model, encoder: Encoder, examples: list[Example], stage: Stage, cfg: TrainConfig,
                hook: GroundingHook, name_ids: dict[int, int], word_ids: dict[str, int],
-               rng: random.Random) -> tuple[float, float, float]:
+               rng: random.Random, cache: PrefixCache | None = None) -> tuple[float, float, float]:
     """One gradient computation over a batch; returns (answer loss, grounding loss, token accuracy).
 
     Rows are sorted by length into buckets, each padded on its own (far less padding to compute);
@@ -166,12 +177,17 @@ def train_step(model, encoder: Encoder, examples: list[Example], stage: Stage, c
               for j in range(cfg.buckets)]
     n_answer = sum(len(encoder.encode(ex)[0]) - encoder.encode(ex)[1] for ex in examples)
     loss_sum = ground_sum = correct = 0.0
+    if cache is not None:
+        chunks = _split_text_rows(chunks)
     for chunk in chunks:
         if not chunk:
             continue
         batch = encoder.collate(chunk, rng)
         hook.features = None
-        if cfg.sparse_logits:
+        if cache is not None and not batch.image_rows:
+            hidden = cache.last_hidden(batch.input_ids, batch.attention_mask)
+            token_loss, chunk_correct = sparse_answer_loss(model, batch, hidden)
+        elif cfg.sparse_logits:
             token_loss, chunk_correct = sparse_answer_loss(model, batch)
         else:
             token_loss, chunk_correct = answer_loss(model(**batch.model_inputs()).logits, batch.labels,
@@ -200,6 +216,7 @@ def train(model, encoder: Encoder, pools: dict[str, list[Example]], cfg: TrainCo
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
     hook = GroundingHook(model.model.multi_modal_projector)
+    cache = PrefixCache(model, cfg.frozen_layers) if cfg.frozen_layers else None
     logs: list[StepLog] = []
     step, start = 0, time.perf_counter()
     model.train()
@@ -211,7 +228,8 @@ def train(model, encoder: Encoder, pools: dict[str, list[Example]], cfg: TrainCo
                     group["lr"] = lr_at(step, total, cfg)
                 examples = sample_batch(pools, stage.weights, cfg.batch_size, rng)
                 opt.zero_grad(set_to_none=True)
-                window.append(train_step(model, encoder, examples, stage, cfg, hook, name_ids, word_ids or {}, rng))
+                window.append(train_step(model, encoder, examples, stage, cfg, hook, name_ids, word_ids or {}, rng,
+                                          cache))
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                 opt.step()
                 step += 1
