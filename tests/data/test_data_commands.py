@@ -2,39 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+from unlok_cli import one_error_line, run
 
-from mmunlearn.data.commands import add_unlok_data_parsers
 from mmunlearn.data.unlok_format import JSON_NAME, read_unlok_json
-from mmunlearn.errors import MMUnlearnError
 
 WORLD = ["world.size=8", "world.image_size=16", "world.seed=3", "world.heldout_share=0.25"]
 
 
-def run(argv: list[str]) -> int:
-    """Parse under an `unlok` group as the CLI does, and report `MMUnlearnError`s as the CLI does."""
-    parser = argparse.ArgumentParser(prog="mmunlearn")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_unlok_data_parsers(sub.add_parser("unlok").add_subparsers(dest="unlok_cmd", required=True))
-    args = parser.parse_args(["unlok", *argv])
-    try:
-        args.func(args)
-    except MMUnlearnError as exc:
-        print(f"mmunlearn: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
 
-def one_error_line(capsys) -> str:
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 def test_export_then_validate_and_review(tmp_path, capsys, micro_benchmark):

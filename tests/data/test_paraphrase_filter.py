@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+from unlok_cli import one_error_line, run
 
-from mmunlearn.data.commands import add_unlok_data_parsers
 from mmunlearn.data.paraphrase_filter import DEFAULT_MIN_SIMILARITY, filter_paraphrases, similarity_filter
 from mmunlearn.data.text_embedders import register_text_embedder
 from mmunlearn.data.unlok_format import JSON_NAME, read_unlok_json
-from mmunlearn.errors import ConfigError, DataError, MMUnlearnError
+from mmunlearn.errors import ConfigError, DataError
 
 
 def at_angle(similarity: float, scale: float = 1.0) -> list[float]:
@@ -107,23 +105,8 @@ def _colour_word(model=None):
     return lambda texts: np.array([[1.0, 0.0] if "colour" in t.lower() else [0.0, 1.0] for t in texts])
 
 
-def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mmunlearn")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_unlok_data_parsers(sub.add_parser("unlok").add_subparsers(dest="unlok_cmd", required=True))
-    args = parser.parse_args(["unlok", *argv])
-    try:
-        args.func(args)
-    except MMUnlearnError as exc:
-        print(f"mmunlearn: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
 
-def one_error_line(capsys) -> str:
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 @pytest.fixture()

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.machinery
 import importlib.util
 import json
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +14,12 @@ import torch
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from unlok_cli import run
 
-from mmunlearn.data.commands import add_unlok_data_parsers
 from mmunlearn.data.proximity_pipeline import get_paraphraser, paraphraser_names, parse_paraphrase
 from mmunlearn.data.smol_paraphraser import default_cache_dir
 from mmunlearn.data.unlok_format import JSON_NAME, read_unlok_json
-from mmunlearn.errors import ConfigError, MMUnlearnError
+from mmunlearn.errors import ConfigError
 
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -136,17 +134,6 @@ def test_missing_gguf_package_is_one_line(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------------------ CLI
 
 
-def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mmunlearn")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_unlok_data_parsers(sub.add_parser("unlok").add_subparsers(dest="unlok_cmd", required=True))
-    args = parser.parse_args(["unlok", *argv])
-    try:
-        args.func(args)
-    except MMUnlearnError as exc:
-        print(f"mmunlearn: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
 
 @pytest.fixture()

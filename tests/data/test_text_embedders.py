@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +12,12 @@ import torch
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+from unlok_cli import run
 
-from mmunlearn.data.commands import add_unlok_data_parsers
 from mmunlearn.data.extras import package_dir
 from mmunlearn.data.text_embedders import get_text_embedder, text_embedder_names
 from mmunlearn.data.unlok_format import JSON_NAME, read_unlok_json
-from mmunlearn.errors import ConfigError, MMUnlearnError
+from mmunlearn.errors import ConfigError
 
 SENTENCES = ["what colour is the card ?", "which colour does the card have ?", "where does this creature live ?",
              "tell me what the card is made of .", "what is the shape of the sign ?"]
@@ -110,17 +108,6 @@ def test_real_minilm_separates_paraphrases_from_other_questions():
 # ------------------------------------------------------------------------------------- the CLI, end to end
 
 
-def run(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="mmunlearn")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_unlok_data_parsers(sub.add_parser("unlok").add_subparsers(dest="unlok_cmd", required=True))
-    args = parser.parse_args(["unlok", *argv])
-    try:
-        args.func(args)
-    except MMUnlearnError as exc:
-        print(f"mmunlearn: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
 
 @pytest.fixture()

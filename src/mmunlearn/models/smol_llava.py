@@ -19,7 +19,6 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    CLIPImageProcessorPil,
     CLIPVisionConfig,
     LlamaForCausalLM,
     LlavaConfig,
@@ -28,6 +27,7 @@ from transformers import (
 )
 
 from mmunlearn.errors import CacheError
+from mmunlearn.models.tiny_llava import llava_processor
 from mmunlearn.runner.manifest import atomic_dir
 
 IMAGE_TOKEN = "<image>"
@@ -149,13 +149,7 @@ def load_language_model(path: Path):
 
 
 def build_processor(tokenizer, spec: SmolLlavaSpec) -> LlavaProcessor:
-    size = spec.image_size
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-    return LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=spec.patch_size,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
+    return llava_processor(tokenizer, spec.image_size, spec.patch_size, CHAT_TEMPLATE)
 
 
 def build_model(tokenizer, lm, spec: SmolLlavaSpec) -> LlavaForConditionalGeneration:

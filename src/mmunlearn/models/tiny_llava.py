@@ -77,14 +77,18 @@ def build_tokenizer(lines: Iterable[str]) -> PreTrainedTokenizerFast:
         extra_special_tokens={"image_token": IMAGE_TOKEN}, padding_side="left", chat_template=CHAT_TEMPLATE)
 
 
-def build_processor(tokenizer: PreTrainedTokenizerFast, spec: TinyLlavaSpec) -> LlavaProcessor:
-    size = spec.image_size
+def llava_processor(tokenizer, image_size: int, patch_size: int, chat_template: str) -> LlavaProcessor:
+    """A LLaVA processor over a PIL CLIP image processor (no torchvision) for square world images."""
     image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     return LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=spec.patch_size,
-        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=chat_template)
+
+
+def build_processor(tokenizer: PreTrainedTokenizerFast, spec: TinyLlavaSpec) -> LlavaProcessor:
+    return llava_processor(tokenizer, spec.image_size, spec.patch_size, CHAT_TEMPLATE)
 
 
 def build_model(tokenizer: PreTrainedTokenizerFast, spec: TinyLlavaSpec) -> LlavaForConditionalGeneration:
