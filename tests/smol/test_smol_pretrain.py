@@ -18,7 +18,7 @@ def smol_overrides(tmp_path_factory, micro_world) -> list[str]:
             "pretrain.stages.0.steps=3", "pretrain.stages.1.steps=2", "pretrain.warmup_steps=1",
             "pretrain.align.steps=40", "pretrain.align.batch_size=16", "pretrain.align.warmup_steps=2",
             "pretrain.eval_limit=4", "pretrain.n_augment=2", "pretrain.n_text_variants=2", "pretrain.log_every=10",
-            "pretrain.lora.layers=all", "pretrain.lora.rank=2"]
+            "pretrain.lora.layers=1:3", "pretrain.lora.rank=2", "pretrain.frozen_layers=1"]
 
 
 def test_smol_pretrain_writes_a_loadable_model_and_reuses_it(smol_overrides, tmp_path):
@@ -44,3 +44,9 @@ def test_model_kind_is_checked(smol_overrides):
 def test_the_tiny_model_stays_the_default():
     assert type(model_spec(load_config())).__name__ == "TinyLlavaSpec"
     assert type(model_spec(load_config(["model=smol"]))).__name__ == "SmolLlavaSpec"
+
+
+def test_a_frozen_prefix_over_lora_layers_is_a_config_error(smol_overrides, tmp_path):
+    cfg = load_config([*smol_overrides, "pretrain.frozen_layers=2", f"paths.cache_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="pretrain.frozen_layers"):
+        pretrain(cfg, log=lambda _: None)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from mmunlearn.errors import ConfigError
 from mmunlearn.models.layer_spec import resolve_layers
 from mmunlearn.models.smol_llava import (
     SmolLlavaSpec,
@@ -169,6 +170,11 @@ def build_and_train(bundle, spec: SmolLlavaSpec, settings, pools: dict[str, list
     torch.manual_seed(settings.train.seed)
     model = build_model(tokenizer, lm, spec)
     del lm
+    lora_layers = resolve_layers(settings.lora.layers, model.config.text_config.num_hidden_layers,
+                                 "pretrain.lora.layers")
+    if settings.train.frozen_layers > min(lora_layers):
+        raise ConfigError(f"config pretrain.frozen_layers={settings.train.frozen_layers}: must not exceed the first "
+                          f"LoRA layer ({min(lora_layers)}, pretrain.lora.layers={settings.lora.layers!r})")
     bank = PixelBank(bundle.world, processor.image_processor, spec.image_size)
     encoder = Encoder(tokenizer, spec.image_seq_length, bank, settings.n_augment, settings.n_text_variants,
                       render=render_prompt)
