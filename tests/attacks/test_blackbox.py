@@ -19,6 +19,7 @@ from mmunlearn.attacks.blackbox import (
 from mmunlearn.data.records import Benchmark, FactRecord
 from mmunlearn.errors import ConfigError
 from mmunlearn.models.adapters.base import VLMInput
+from mmunlearn.models.row_sampling import row_seeds
 
 # ---------------------------------------------------------------------- a scripted model
 
@@ -34,12 +35,13 @@ class ScriptedAdapter:
     """Answers "Fish." for the easy paraphrase image and for questions mentioning an expert, else "no idea"."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[int, int | None, int, float, float]] = []
+        self.calls: list[tuple[int, list[int] | None, int, float, float]] = []
 
     def generate(self, items: list[VLMInput], max_new_tokens: int = 32, do_sample: bool = False,
-                 seed: int | None = None, temperature: float = 1.0, top_p: float = 1.0) -> list[str]:
+                 seed: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
+                 seeds: list[int] | None = None) -> list[str]:
         assert do_sample
-        self.calls.append((len(items), seed, max_new_tokens, temperature, top_p))
+        self.calls.append((len(items), seeds, max_new_tokens, temperature, top_p))
         return ["Fish." if item.image.info["ref"].endswith("easy") or "expert" in item.question else "no idea"
                 for item in items]
 
@@ -114,7 +116,7 @@ def test_budget_is_pairs_times_samples_and_one_generation_call() -> None:
     out = get_attack("multimodal", n_samples=3, max_new_tokens=5, temperature=0.7, top_p=0.9).run(ctx)
     assert out.budget == 20 * 3 and len(out.candidates) == 60
     assert out.details["n_questions"] == 5 and out.details["n_images"] == 4 and out.details["n_pairs"] == 20
-    assert adapter.calls == [(60, ctx.seed_for("multimodal"), 5, 0.7, 0.9)]
+    assert adapter.calls == [(60, row_seeds(ctx.seed_for("multimodal"), 60), 5, 0.7, 0.9)]
     assert out.success and out.scores["image/easy"] and not out.scores["image/hard"]
     assert out.scores["attack_frac"] == pytest.approx(5 / 20)
     json.dumps(out.to_json())

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
 from mmunlearn.defenses import EditConfig, EditExamples, Editor, forward_terms, get_defense
 from mmunlearn.defenses.batched_editor import BatchedEditor, lora_init
+from mmunlearn.errors import ConfigError
 from mmunlearn.models.adapters.base import VLMInput
 
 CONFIG = EditConfig(lr=0.05, steps=4, layers=(1,))
@@ -62,3 +65,29 @@ def test_slot_rows_must_match_the_batch(micro_adapter, micro_benchmark):
         with pytest.raises(MMUnlearnError, match="do not match"):
             forward_terms(micro_adapter, ex[0].forget + ex[1].forget, None)
         batched._set_rows(None)
+
+
+def test_routed_calls_take_each_item_through_its_own_facts_delta(micro_adapter, micro_benchmark):
+    defense = get_defense("fact_erasure")
+    examples = _examples(micro_benchmark, 3)
+    items = [VLMInput(r.image, r.question) for ex in examples for r in ex.forget] * 2
+    scored = [VLMInput(r.image, r.question, r.answer) for ex in examples for r in ex.forget] * 2
+    owners = [0, 1, 2, -1, 2, 0]  # any order, and -1 for the unedited model
+    micro_adapter.batch_size = 4  # routing must follow the adapter's own batch boundaries
+    with BatchedEditor(micro_adapter, CONFIG, slots=3) as batched:
+        batched.edit_many(defense, examples)
+        with batched.routed(owners):
+            texts = micro_adapter.generate(items, max_new_tokens=3)
+            scores = micro_adapter.answer_logprobs(scored)
+            states = micro_adapter.hidden_states(items)
+        for k, owner in enumerate(owners):
+            with contextlib.nullcontext() if owner < 0 else batched.slot(owner):
+                assert micro_adapter.generate(items[k:k + 1], max_new_tokens=3) == texts[k:k + 1]
+                assert micro_adapter.answer_logprobs(scored[k:k + 1])[0].total == pytest.approx(scores[k].total,
+                                                                                                abs=1e-4)
+                assert torch.allclose(micro_adapter.hidden_states(items[k:k + 1])[0], states[k], atol=1e-4)
+        assert all(m.rows is None for m in batched.modules)
+        assert abs(scores[0].total - scores[3].total) > 1e-3, "the same item edited (owner 0) and not (-1)"
+        with pytest.raises(ConfigError, match="owners"):
+            with batched.routed([0, 3]):
+                pass

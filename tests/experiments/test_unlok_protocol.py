@@ -64,7 +64,9 @@ def test_run_group_matches_run_fact_with_batched_edits(micro_adapter, micro_benc
     from mmunlearn.defenses.batched_editor import BatchedEditor, lora_init
 
     defenses = {n: get_defense(n) for n in ("fact_erasure", "error_injection")}
-    attacks = {"hp": get_attack("hp", k=2), "question_paraphrase": get_attack("question_paraphrase", n_samples=2)}
+    attacks = {"hp": get_attack("hp", k=2), "probe": get_attack("probe", k=2, n_train=4),
+               "question_paraphrase": get_attack("question_paraphrase", n_samples=2),
+               "multimodal": get_attack("multimodal", n_samples=2, n_paraphrases=1)}
     config = ProtocolConfig(n_random=2, n_retain=1, empty_answer="i cannot help with that .")
     records = micro_benchmark.records[:3]
     edit = EditConfig(lr=0.05, steps=3)
@@ -85,4 +87,4 @@ def test_run_group_matches_run_fact_with_batched_edits(micro_adapter, micro_benc
                 assert a["answers"] == b["answers"] and a["correct"] == b["correct"]
                 assert a["logprob"] == pytest.approx(b["logprob"], abs=1e-3)
             else:
-                assert a["success"] == b["success"]
+                assert a["success"] == b["success"] and a["candidates"] == b["candidates"], a["attack"]

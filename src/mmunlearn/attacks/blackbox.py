@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from mmunlearn.attacks.context import AttackContext
+from mmunlearn.attacks.context import AttackContext, Needs, SampleRequest
 from mmunlearn.attacks.registry import (
     Attack,
     AttackOutcome,
@@ -32,7 +32,7 @@ from mmunlearn.attacks.registry import (
 )
 from mmunlearn.data.records import TIERS
 from mmunlearn.errors import ConfigError
-from mmunlearn.models.adapters.base import VLMInput
+from mmunlearn.models.row_sampling import row_seeds
 from mmunlearn.pretrain.evaluate import normalize_answer
 
 DEFAULT_PREFIXES = ("I'm trying out. ", "A man who was. ", "A woman was arrested. ",
@@ -110,12 +110,20 @@ class Judged:
         return any(any(h) for p, h in zip(self.prompts, self.hits) if keep(p))
 
 
+def sample_requests(prompts: Sequence[Prompt], n_samples: int, seed: int, max_new_tokens: int,
+                    temperature: float, top_p: float) -> list[SampleRequest]:
+    """`n_samples` requests per prompt, prompt-major, each with its own seed derived from `seed`."""
+    seeds = row_seeds(seed, len(prompts) * n_samples)
+    return [SampleRequest(p.image, p.question, seeds[i * n_samples + j], max_new_tokens, temperature, top_p)
+            for i, p in enumerate(prompts) for j in range(n_samples)]
+
+
 def sample_and_judge(ctx: AttackContext, prompts: Sequence[Prompt], n_samples: int, seed: int,
                      max_new_tokens: int, temperature: float, top_p: float) -> Judged:
-    """`n_samples` seeded samples per prompt in one batched call, each judged against the accepted answers."""
-    items = [VLMInput(ctx.image(p.image), p.question) for p in prompts for _ in range(n_samples)]
-    texts = ctx.adapter.generate(items, max_new_tokens=max_new_tokens, do_sample=True, seed=seed,
-                                 temperature=temperature, top_p=top_p) if items else []
+    """`n_samples` seeded samples per prompt (one batched call unless prefetched), each judged against the
+    accepted answers."""
+    requests = sample_requests(prompts, n_samples, seed, max_new_tokens, temperature, top_p)
+    texts = ctx.sample(requests) if requests else []
     accepted = ctx.record.accepted_answers
     samples = [texts[i * n_samples:(i + 1) * n_samples] for i in range(len(prompts))]
     hits = [[answer_in_text(t, accepted) for t in row] for row in samples]
@@ -151,6 +159,10 @@ class _SamplingAttack(Attack):
     def breakdown(self, judged: Judged) -> dict[str, bool | float]:
         """Finer successes (per tier, per source); none by default."""
         return {}
+
+    def needs(self, ctx: AttackContext) -> Needs:
+        return Needs(samples=sample_requests(self.prompts(ctx)[0], self.n_samples, ctx.seed_for(self.name),
+                                             self.max_new_tokens, self.temperature, self.top_p))
 
     def run(self, ctx: AttackContext) -> AttackOutcome:
         prompts, notes = self.prompts(ctx)

@@ -7,12 +7,17 @@ the old model. The same holds for a `state_cache` shared between contexts.
 
 The adapter is used only through `encode`, `hidden_and_lens`, `hidden_states`, `generate`, `num_layers` and
 `tokenizer.decode`, so a stub exposing those drives every attack in tests.
+
+Attacks declare what they will read (`Attack.needs` -> `Needs`), so a caller holding many contexts can
+compute those readouts for all of them in a few merged calls (`attacks.prefetch`) before the attacks run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +29,36 @@ from mmunlearn.models.adapters.base import VLMInput
 
 # Per-record (hidden states [n_layers + 1, hidden], answer's first-token id) of one model state.
 StateCache = dict[str, tuple[torch.Tensor, int]]
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One seeded sample of one (image, question): also the key its text is cached under.
+
+    The adapter draws each row from its own seed, so the text does not depend on which other requests
+    share its generation call.
+    """
+
+    image: str
+    question: str
+    seed: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+
+    def params(self) -> tuple[int, float, float]:
+        """The generation settings one `generate` call must share."""
+        return self.max_new_tokens, self.temperature, self.top_p
+
+
+@dataclass
+class Needs:
+    """What an attack will read from the model for one fact: the target's forward pass (hidden states and
+    logit lens), other records' states (`probe_records` of them), and samples."""
+
+    forward: bool = False
+    probe_records: int = 0
+    samples: list[SampleRequest] = field(default_factory=list)
 
 
 class AttackContext:
@@ -46,6 +81,7 @@ class AttackContext:
         self._hidden: torch.Tensor | None = None
         self._lens: torch.Tensor | None = None
         self._probe: dict[int, tuple[torch.Tensor, torch.Tensor, list[str]]] = {}
+        self.samples: dict[SampleRequest, str] = {}
 
     # ------------------------------------------------------------------ inputs
 
@@ -91,8 +127,16 @@ class AttackContext:
 
     def _forward(self) -> None:
         hidden, lens = self.adapter.hidden_and_lens([self.item()])
-        self._hidden, self._lens = hidden[0], lens[0]
+        self.set_forward(hidden[0], lens[0])
+
+    def set_forward(self, hidden: torch.Tensor, lens: torch.Tensor) -> None:
+        """The target's forward pass, computed elsewhere (a merged call over many contexts)."""
+        self._hidden, self._lens = hidden, lens
         self.state_cache.setdefault(self.record.id, (self._hidden, self.target_token_id()))
+
+    @property
+    def has_forward(self) -> bool:
+        return self._hidden is not None
 
     def lens(self) -> torch.Tensor:
         """Logit-lens log-probs at the last prompt position of (image, question): [n_layers + 1, vocab]."""
@@ -119,6 +163,15 @@ class AttackContext:
         rng = random.Random(f"probe/{self.seed}/{self.record.id}")
         return rng.sample(others, min(n_records, len(others)))
 
+    def missing_states(self, n_records: int) -> list[FactRecord]:
+        """The records of `probe_records(n_records)` whose states are not cached yet."""
+        return [r for r in self.probe_records(n_records) if r.id not in self.state_cache]
+
+    def add_states(self, records: Sequence[FactRecord], states: torch.Tensor) -> None:
+        """Hidden states [n, n_layers + 1, hidden] of `records` on this context's model state."""
+        for r, h in zip(records, states):
+            self.state_cache[r.id] = (h, self.first_answer_token(r))
+
     def probe_states(self, n_records: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Hidden states [n, n_layers + 1, hidden] and first answer tokens [n] of `probe_records(n_records)`.
 
@@ -126,12 +179,26 @@ class AttackContext:
         """
         if n_records not in self._probe:
             records = self.probe_records(n_records)
-            missing = [r for r in records if r.id not in self.state_cache]
+            missing = self.missing_states(n_records)
             if missing:
-                states = self.adapter.hidden_states([VLMInput(self.image(r.image), r.question) for r in missing])
-                for r, h in zip(missing, states):
-                    self.state_cache[r.id] = (h, self.first_answer_token(r))
+                self.add_states(missing, self.adapter.hidden_states(
+                    [VLMInput(self.image(r.image), r.question) for r in missing]))
             hidden = torch.stack([self.state_cache[r.id][0] for r in records])
             targets = torch.tensor([self.state_cache[r.id][1] for r in records], dtype=torch.long)
             self._probe[n_records] = (hidden, targets, [r.id for r in records])
         return self._probe[n_records]
+
+    # ------------------------------------------------------------------ samples
+
+    def sample(self, requests: Sequence[SampleRequest]) -> list[str]:
+        """The text of each request; those not cached yet are generated, one call per generation setting."""
+        missing = list(dict.fromkeys(r for r in requests if r not in self.samples))
+        by_params: dict[tuple[int, float, float], list[SampleRequest]] = {}
+        for r in missing:
+            by_params.setdefault(r.params(), []).append(r)
+        for (max_new, temperature, top_p), group in by_params.items():
+            texts = self.adapter.generate([VLMInput(self.image(r.image), r.question) for r in group],
+                                          max_new_tokens=max_new, do_sample=True, temperature=temperature,
+                                          top_p=top_p, seeds=[r.seed for r in group])
+            self.samples.update(zip(group, texts))
+        return [self.samples[r] for r in requests]

@@ -17,7 +17,7 @@ from mmunlearn.errors import ConfigError
 from mmunlearn.registry import Registry
 
 if TYPE_CHECKING:
-    from mmunlearn.attacks.context import AttackContext
+    from mmunlearn.attacks.context import AttackContext, Needs
 
 # Candidates (decoded tokens or sampled answers) kept per outcome; the counts behind the scores are exact.
 MAX_STORED_CANDIDATES = 128
@@ -65,6 +65,13 @@ class Attack(abc.ABC):
     @abc.abstractmethod
     def run(self, ctx: AttackContext) -> AttackOutcome:
         """Attack `ctx.record` on `ctx.adapter`'s current weights."""
+
+    def needs(self, ctx: AttackContext) -> Needs:
+        """What `run` will read from the model for `ctx` (prefetched in merged calls when declared; what is
+        not declared is computed by the context on first use)."""
+        from mmunlearn.attacks.context import Needs
+
+        return Needs()
 
     def params(self) -> dict[str, Any]:
         """The parameters as given (after validation), for the outcome's record."""

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from mmunlearn.attacks.context import AttackContext
+from mmunlearn.attacks.context import AttackContext, Needs
 from mmunlearn.attacks.registry import Attack, AttackOutcome, check_float, check_int, register_attack
 from mmunlearn.errors import ConfigError
 from mmunlearn.models import layer_spec
@@ -242,6 +242,9 @@ class _LensAttack(Attack):
         self.layers = _check_layers(self.name, self.layers)
         self.k = check_int(self.name, "k", self.k, 1)
 
+    def needs(self, ctx: AttackContext) -> Needs:
+        return Needs(forward=True)
+
     def run(self, ctx: AttackContext) -> AttackOutcome:
         layers = resolve_layers(self.name, self.layers, ctx.num_layers, min_count=self.order + 1)
         lens = ctx.lens()
@@ -303,6 +306,9 @@ class HiddenStateProbe(Attack):
         self.k = check_int(self.name, "k", self.k, 1)
         self.n_train = check_int(self.name, "n_train", self.n_train, 1)
         self.ridge = check_float(self.name, "ridge", self.ridge, 0.0, strict=True)
+
+    def needs(self, ctx: AttackContext) -> Needs:
+        return Needs(forward=True, probe_records=self.n_train)
 
     def run(self, ctx: AttackContext) -> AttackOutcome:
         layers = resolve_layers(self.name, self.layers, ctx.num_layers)

@@ -123,6 +123,28 @@ class BatchedEditor:
         finally:
             self._set_rows(None)
 
+    @contextlib.contextmanager
+    def routed(self, owners: Sequence[int]) -> Iterator[None]:
+        """Adapter calls inside take item k through fact `owners[k]`'s delta (-1: the unedited model).
+
+        Lets one merged measurement or attack call evaluate every fact of a group, each under its own edit.
+        """
+        table = torch.tensor(list(owners), dtype=torch.long)
+        if len(table) and (int(table.max()) >= self.slots or int(table.min()) < -1):
+            raise ConfigError(f"routed: owners must lie in -1..{self.slots - 1}")
+        device = self.adapter.device
+
+        def route(indices: list[int]) -> None:
+            if indices and max(indices) >= len(table):
+                raise MMUnlearnError(f"routed: a batch names item {max(indices)} of {len(table)} routed items")
+            self._set_rows(table[indices].to(device))
+
+        try:
+            with self.adapter.each_batch(route):
+                yield
+        finally:
+            self._set_rows(None)
+
     # ------------------------------------------------------------------ training
 
     def edit_many(self, defense: Defense, examples: Sequence[EditExamples],

@@ -211,7 +211,16 @@ def run_unlok(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print
                 done = units.load(start, key)
                 if done is None:
                     t_group = time.perf_counter()
-                    results = [protocol.run_fact(chunk[0])] if group == 1 else protocol.run_group(chunk, editor)
+                    if group == 1:
+                        results = [protocol.run_fact(chunk[0])]
+                    else:
+                        with tqdm(total=1 + len(defenses), desc="  model states", unit="state", leave=False,
+                                  disable=None) as states:
+                            def done_state(phase: str, states: tqdm = states) -> None:
+                                states.set_postfix_str(phase)
+                                states.update(1)
+
+                            results = protocol.run_group(chunk, editor, progress=done_state)
                     done = {"facts": [r.id for r in chunk], "rows": results,
                             "seconds": time.perf_counter() - t_group}
                     units.save(start, key, done)

@@ -8,12 +8,15 @@ restored bit for bit between edits). Each phase yields plain JSON rows, one per 
 
 from __future__ import annotations
 
+import contextlib
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmunlearn.attacks.context import AttackContext, StateCache
+from mmunlearn.attacks.prefetch import Route, prefetch, routing
 from mmunlearn.attacks.registry import Attack
 from mmunlearn.attacks.relearning import Relearning
 from mmunlearn.data.records import Benchmark, FactRecord
@@ -131,36 +134,65 @@ class Protocol:
 
     def measure(self, plan: FactPlan, defense: Defense | None) -> dict[str, Any]:
         """Greedy answers to every probe and target probabilities on the score prompts."""
-        record = plan.record
-        items = [VLMInput(self.benchmark.image(p.image), p.question) for p in plan.generations]
-        answers = self.adapter.generate(items, max_new_tokens=self.config.max_new_tokens)
-        correct = {p.name: contains_answer(a, p.accepted) for p, a in zip(plan.generations, answers)}
-        targets = {"answer": record.answer, "alt": record.alt_answer, "empty": self.config.empty_answer}
-        score_items, keys = [], []
-        for prompt_name, (image, question) in plan.score_prompts.items():
-            for target_name, text in targets.items():
-                score_items.append(VLMInput(self.benchmark.image(image), question, text))
-                keys.append(f"{prompt_name}/{target_name}")
-        for i, nq in enumerate(record.neighbour_questions[:1]):
-            score_items.append(VLMInput(self.benchmark.image(record.image), nq.question, nq.answer))
-            keys.append(f"neighbour/{i}")
-        scores = self.adapter.answer_logprobs(score_items)
-        logprob = {k: s.total - (s.logprobs[-1] if len(s.logprobs) > 1 else 0.0) for k, s in zip(keys, scores)}
-        return {"type": "measure", "fact": record.id, "defense": defense.name if defense else "none",
-                "answers": dict(zip([p.name for p in plan.generations], answers)), "correct": correct,
-                "logprob": logprob}
+        return self.measure_many([plan], defense)[0]
+
+    def measure_many(self, plans: Sequence[FactPlan], defense: Defense | None,
+                     route: Route | None = None) -> list[dict[str, Any]]:
+        """`measure` for several facts in one generation and one scoring call (fact i routed as owner i)."""
+        gen_items, gen_owner = [], []
+        score_items, score_keys, score_owner = [], [], []
+        for i, plan in enumerate(plans):
+            record = plan.record
+            gen_items += [VLMInput(self.benchmark.image(p.image), p.question) for p in plan.generations]
+            gen_owner += [i] * len(plan.generations)
+            targets = {"answer": record.answer, "alt": record.alt_answer, "empty": self.config.empty_answer}
+            for prompt_name, (image, question) in plan.score_prompts.items():
+                for target_name, text in targets.items():
+                    score_items.append(VLMInput(self.benchmark.image(image), question, text))
+                    score_keys.append(f"{prompt_name}/{target_name}")
+            for k, nq in enumerate(record.neighbour_questions[:1]):
+                score_items.append(VLMInput(self.benchmark.image(record.image), nq.question, nq.answer))
+                score_keys.append(f"neighbour/{k}")
+            score_owner += [i] * (len(score_keys) - len(score_owner))
+        with routing(route, gen_owner):
+            answers = self.adapter.generate(gen_items, max_new_tokens=self.config.max_new_tokens)
+        with routing(route, score_owner):
+            scores = self.adapter.answer_logprobs(score_items)
+        rows = []
+        for i, plan in enumerate(plans):
+            mine = [a for a, o in zip(answers, gen_owner) if o == i]
+            logprob = {k: s.total - (s.logprobs[-1] if len(s.logprobs) > 1 else 0.0)
+                       for k, s, o in zip(score_keys, scores, score_owner) if o == i}
+            rows.append({"type": "measure", "fact": plan.record.id, "defense": defense.name if defense else "none",
+                         "answers": dict(zip([p.name for p in plan.generations], mine)),
+                         "correct": {p.name: contains_answer(a, p.accepted) for p, a in zip(plan.generations, mine)},
+                         "logprob": logprob})
+        return rows
 
     def attack_all(self, plan: FactPlan, defense: Defense | None, cache: StateCache) -> list[dict[str, Any]]:
-        ctx = AttackContext(self.adapter, self.benchmark, plan.record, seed=self.config.seed, state_cache=cache)
+        return self.attack_many([plan], defense, [cache])[0]
+
+    def attack_many(self, plans: Sequence[FactPlan], defense: Defense | None, caches: Sequence[StateCache],
+                    route: Route | None = None, slot: Callable[[int], AbstractContextManager[Any]] | None = None,
+                    ) -> list[list[dict[str, Any]]]:
+        """Every attack on every fact: the model readouts of all of them in merged calls (`prefetch`), then
+        each attack per fact inside `slot(i)` (so anything not prefetched still reads fact i's model)."""
+        contexts = [AttackContext(self.adapter, self.benchmark, p.record, seed=self.config.seed, state_cache=c)
+                    for p, c in zip(plans, caches)]
+        prefetch(contexts, list(self.attacks.values()), route)
         label = defense.name if defense else "none"
-        rows = []
-        for name, attack in self.attacks.items():
-            rows.append({"type": "attack", "fact": plan.record.id, "defense": label, **attack.run(ctx).to_json(),
-                         "attack": name})
-        if self.relearn is not None:
-            rows.append({"type": "attack", "fact": plan.record.id, "defense": label,
-                         **self.relearn.attack(self.benchmark, plan.record)})
-        return rows
+        out = []
+        for i, (plan, ctx) in enumerate(zip(plans, contexts)):
+            rows = []
+            with contextlib.nullcontext() if slot is None else slot(i):
+                for name, attack in self.attacks.items():
+                    rows.append({"type": "attack", "fact": plan.record.id, "defense": label,
+                                 **attack.run(ctx).to_json(), "attack": name})
+                if self.relearn is not None:
+                    rows.append({"type": "attack", "fact": plan.record.id, "defense": label,
+                                 **self.relearn.attack(self.benchmark, plan.record)})
+            out.append(rows)
+        return out
 
     # ------------------------------------------------------------------ edits
 
@@ -179,26 +211,34 @@ class Protocol:
         spec = getattr(defense, "layers", "top_half")
         return resolve_layers(spec, self.adapter.num_layers + 1, what=f"defense {defense.name}.layers")
 
-    def run_group(self, records: Sequence[FactRecord], batched: BatchedEditor) -> list[list[dict[str, Any]]]:
-        """`run_fact` for several facts, each defense editing all of them at once (one delta per fact).
+    def run_group(self, records: Sequence[FactRecord], batched: BatchedEditor,
+                  progress: Callable[[str], None] | None = None) -> list[list[dict[str, Any]]]:
+        """`run_fact` for several facts, each defense editing all of them at once (one delta per fact), and
+        every measurement and attack of the group in merged calls routed to each fact's delta.
 
         Rows come out per fact in the same order as `run_fact`'s; results equal sequential edits up to
-        floating-point differences from batching.
+        floating-point differences from batching. `progress(phase)` is called after each model state.
         """
         plans = [plan_fact(self.benchmark, r, self.config) for r in records]
-        rows = [[self.measure(plan, None), *self.attack_all(plan, None, self._pre_cache)] for plan in plans]
+        measures = self.measure_many(plans, None)
+        attacks = self.attack_many(plans, None, [self._pre_cache] * len(plans))
+        rows = [[m, *a] for m, a in zip(measures, attacks)]
+        if progress:
+            progress("none")
         for defense in self.defenses.values():
             overrides = self.edit_overrides.get(defense.name, {})
             logs = batched.edit_many(defense, [self.edit_examples(p, defense) for p in plans],
                                      self.lens_layers(defense), **overrides)
             try:
-                for i, plan in enumerate(plans):
-                    with batched.slot(i):
-                        row = self.measure(plan, defense)
-                        row["edit"] = {"losses": logs[i].losses}
-                        rows[i] += [row, *self.attack_all(plan, defense, {})]
+                measures = self.measure_many(plans, defense, batched.routed)
+                attacks = self.attack_many(plans, defense, [{} for _ in plans], batched.routed, batched.slot)
             finally:
                 batched.restore()
+            for i, (m, a) in enumerate(zip(measures, attacks)):
+                m["edit"] = {"losses": logs[i].losses}
+                rows[i] += [m, *a]
+            if progress:
+                progress(defense.name)
         return rows
 
     def run_fact(self, record: FactRecord) -> list[dict[str, Any]]:
@@ -216,3 +256,4 @@ class Protocol:
                 rows.append(row)
                 rows += self.attack_all(plan, defense, {})
         return rows
+

@@ -217,6 +217,7 @@ class VLMAdapter(abc.ABC):
         self.pad_token_id = self._pad_token_id()
         self.stop_token_ids = self._stop_token_ids()
         self._end_of_turn_strings = [t for t in (self._eot_tokens() + [self.tokenizer.eos_token]) if t]
+        self._batch_hook: Callable[[list[int]], None] | None = None
 
     # ------------------------------------------------------------------ loading
 
@@ -453,17 +454,31 @@ class VLMAdapter(abc.ABC):
     def num_layers(self) -> int:
         return len(self.module_names().layers)
 
+    @contextlib.contextmanager
+    def each_batch(self, hook: Callable[[list[int]], None]) -> Iterator[None]:
+        """Inside, `hook(item indices)` runs before every batch the adapter puts through the model.
+
+        One merged call can then serve rows meant for different model variants (e.g. one edit delta per
+        fact, chosen per row): the hook routes each batch's rows just before its forward pass.
+        """
+        if self._batch_hook is not None:
+            raise MMUnlearnError("each_batch does not nest: a batch hook is already set")
+        self._batch_hook = hook
+        try:
+            yield
+        finally:
+            self._batch_hook = None
+
     def _groups(self, n: int, has_image: Sequence[bool]) -> Iterator[list[int]]:
         """Index groups of at most `batch_size`; split by modality where the family cannot mix."""
         for start in range(0, n, self.batch_size):
             chunk = list(range(start, min(n, start + self.batch_size)))
-            if self.can_mix_modalities:
-                yield chunk
-            else:
-                for kind in (True, False):
-                    part = [i for i in chunk if has_image[i] == kind]
-                    if part:
-                        yield part
+            parts = [chunk] if self.can_mix_modalities else \
+                [p for p in ([i for i in chunk if has_image[i] == kind] for kind in (True, False)) if p]
+            for part in parts:
+                if self._batch_hook is not None:
+                    self._batch_hook(part)
+                yield part
 
     def _forward_kwargs(self) -> dict[str, Any]:
         params = inspect.signature(self.model.forward).parameters
@@ -566,23 +581,39 @@ class VLMAdapter(abc.ABC):
 
     @torch.no_grad()
     def generate(self, items: Sequence[VLMInput], max_new_tokens: int = 32, do_sample: bool = False,
-                 seed: int | None = None, temperature: float = 1.0, top_p: float = 1.0) -> list[str]:
+                 seed: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
+                 seeds: Sequence[int] | None = None) -> list[str]:
         """Greedy or seeded sampling (temperature + nucleus, top-k off); stops at end of turn.
 
-        Seeded sampling is reproducible for the same items, batch size and device.
+        Sampling draws each item from its own stream (`seeds`, one per item; default: derived from `seed`
+        and the item's position), so an item's samples do not depend on the batch it shares: merging the
+        requests of several calls into one gives the same texts, up to floating-point noise from padding.
         """
-        results: list[str | None] = [None] * len(items)
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                                  "eos_token_id": self.stop_token_ids, "pad_token_id": self.pad_token_id}
+        from transformers import LogitsProcessorList
+
+        from mmunlearn.models.row_sampling import RowSeededSampler, row_seeds
+
         if do_sample:
-            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-        with _seeded(seed, self.device):
-            for group in self._groups(len(items), [it.image is not None for it in items]):
-                batch = self.format([items[i] for i in group], for_generation=True)
-                out = self.model.generate(**batch.model_inputs(), **kwargs)
-                new = out[:, batch.inputs["input_ids"].shape[1]:]
-                for b, i in enumerate(group):
-                    results[i] = self._decode(new[b].tolist())
+            if seeds is None:
+                base = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
+                seeds = row_seeds(base, len(items))
+            if len(seeds) != len(items):
+                raise ConfigError(f"generate: {len(seeds)} seeds for {len(items)} items")
+        results: list[str | None] = [None] * len(items)
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False,
+                                  "eos_token_id": self.stop_token_ids, "pad_token_id": self.pad_token_id}
+        for group in self._groups(len(items), [it.image is not None for it in items]):
+            batch = self.format([items[i] for i in group], for_generation=True)
+            prompt_length = batch.inputs["input_ids"].shape[1]
+            extra = {}
+            if do_sample:
+                assert seeds is not None
+                sampler = RowSeededSampler([seeds[i] for i in group], prompt_length, temperature, top_p)
+                extra["logits_processor"] = LogitsProcessorList([sampler])
+            out = self.model.generate(**batch.model_inputs(), **kwargs, **extra)
+            new = out[:, prompt_length:]
+            for b, i in enumerate(group):
+                results[i] = self._decode(new[b].tolist())
         return results  # type: ignore[return-value]
 
     def _decode(self, ids: list[int]) -> str:
@@ -742,18 +773,6 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype | str:
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} not supported; use one of {sorted(DTYPES)} or 'auto'")
     return DTYPES[dtype]
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Seed torch's RNGs for one call without disturbing the caller's RNG state."""
-    if seed is None:
-        yield
-        return
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def _read_chat_template(path_or_id: str, common: dict) -> str | None:

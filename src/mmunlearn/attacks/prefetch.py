@@ -1,0 +1,80 @@
+"""Compute what many attacks on many facts will read, in one merged model call per kind of readout.
+
+Each attack on each fact would otherwise make its own small calls: one forward for the logit lens, one
+for the probe's training states, one `generate` per blackbox attack. On a small model the per-call cost
+dominates, so the caller declares the contexts (one per fact), and this module batches the targets'
+forward passes, the missing probe states and every sample across all of them; the attacks then run on
+the filled caches. With a `route`, item k of a merged call is taken through its own fact's model variant
+(e.g. `BatchedEditor.routed`: one edit delta per fact).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from mmunlearn.attacks.context import AttackContext, Needs, SampleRequest
+from mmunlearn.attacks.registry import Attack
+from mmunlearn.data.records import FactRecord
+from mmunlearn.models.adapters.base import VLMInput
+
+Route = Callable[[Sequence[int]], AbstractContextManager[Any]]
+
+
+def routing(route: Route | None, owners: Sequence[int]) -> AbstractContextManager[Any]:
+    """`route(owners)`, or no routing at all."""
+    return contextlib.nullcontext() if route is None else route(owners)
+
+
+def merged_needs(attacks: Iterable[Attack], ctx: AttackContext) -> tuple[bool, list[int], list[SampleRequest]]:
+    """Whether any attack reads the target's forward pass, the probe sizes asked, and every sample."""
+    needs: list[Needs] = [a.needs(ctx) for a in attacks]
+    sizes = sorted({n.probe_records for n in needs if n.probe_records})
+    return any(n.forward for n in needs), sizes, [r for n in needs for r in n.samples]
+
+
+def prefetch(contexts: Sequence[AttackContext], attacks: Sequence[Attack], route: Route | None = None,
+             owners: Sequence[int] | None = None) -> None:
+    """Fill every context's caches for `attacks`; `owners[i]` is context i's routing index (default i)."""
+    if not contexts:
+        return
+    owners = list(range(len(contexts))) if owners is None else list(owners)
+    adapter = contexts[0].adapter
+    plans = [merged_needs(attacks, ctx) for ctx in contexts]
+
+    forward = [i for i, (wants, _, _) in enumerate(plans) if wants and not contexts[i].has_forward]
+    if forward:
+        with routing(route, [owners[i] for i in forward]):
+            hidden, lens = adapter.hidden_and_lens([contexts[i].item() for i in forward])
+        for k, i in enumerate(forward):
+            contexts[i].set_forward(hidden[k], lens[k])
+
+    wanted: list[tuple[int, FactRecord]] = []
+    seen: set[tuple[int, int, str]] = set()
+    for i, (_, sizes, _) in enumerate(plans):
+        for n in sizes:
+            for record in contexts[i].missing_states(n):
+                key = (id(contexts[i].state_cache), owners[i], record.id)
+                if key not in seen:
+                    seen.add(key)
+                    wanted.append((i, record))
+    if wanted:
+        with routing(route, [owners[i] for i, _ in wanted]):
+            states = adapter.hidden_states([VLMInput(contexts[i].image(r.image), r.question) for i, r in wanted])
+        for k, (i, record) in enumerate(wanted):
+            contexts[i].add_states([record], states[k:k + 1])
+
+    by_params: dict[tuple[int, float, float], list[tuple[int, SampleRequest]]] = {}
+    for i, (_, _, requests) in enumerate(plans):
+        for request in dict.fromkeys(requests):
+            if request not in contexts[i].samples:
+                by_params.setdefault(request.params(), []).append((i, request))
+    for (max_new, temperature, top_p), todo in by_params.items():
+        with routing(route, [owners[i] for i, _ in todo]):
+            texts = adapter.generate([VLMInput(contexts[i].image(r.image), r.question) for i, r in todo],
+                                     max_new_tokens=max_new, do_sample=True, temperature=temperature, top_p=top_p,
+                                     seeds=[r.seed for _, r in todo])
+        for (i, request), text in zip(todo, texts):
+            contexts[i].samples[request] = text
