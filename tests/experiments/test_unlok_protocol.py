@@ -72,11 +72,13 @@ def test_run_group_matches_run_fact_with_batched_edits(micro_adapter, micro_benc
     edit = EditConfig(lr=0.05, steps=3)
     with Editor(micro_adapter, edit) as editor:
         init = lora_init(editor)
-        protocol = Protocol(micro_adapter, micro_benchmark, editor, defenses, attacks, config)
+        protocol = Protocol(micro_adapter, micro_benchmark, editor, defenses, attacks, config,
+                            Relearning(micro_adapter, RelearnConfig(steps=2)))
         protocol.prime()
         sequential = [protocol.run_fact(r) for r in records]
     with BatchedEditor(micro_adapter, edit, slots=3, init=init) as batched:
-        protocol = Protocol(micro_adapter, micro_benchmark, None, defenses, attacks, config)
+        protocol = Protocol(micro_adapter, micro_benchmark, None, defenses, attacks, config,
+                            Relearning(micro_adapter, RelearnConfig(steps=2), router=batched.router))
         protocol.prime()
         grouped = protocol.run_group(records, batched)
     for seq_rows, grp_rows in zip(sequential, grouped):

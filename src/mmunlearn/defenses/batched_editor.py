@@ -1,8 +1,9 @@
 """Independent edits of many facts in one forward/backward: a low-rank delta per fact, chosen per batch row.
 
-`SlotLowRank` wraps a target linear layer with S independent rank-r deltas (A: [S, r, in], B: [S, out, r],
-scale alpha / r, B = 0 at the start, like a LoRA). Each batch row names its slot (or -1: no delta), so the
-rows of N facts go through the model together while fact i's rows see only delta i. The facts' losses are
+`SlotLowRank` (defenses.slots) wraps a target linear layer with S independent rank-r deltas (A: [S, r, in],
+B: [S, out, r], scale alpha / r, B = 0 at the start, like a LoRA). Each batch row names its slot (or -1: no
+delta) through the editor's `SlotRouter`, so the rows of N facts go through the model together while fact
+i's rows see only delta i. The facts' losses are
 summed, so delta i gets exactly the gradient of fact i's own loss, and AdamW (elementwise) updates it as it
 would in a sequential edit: each fact's result equals its sequential edit up to floating-point
 differences from batching. `with editor.slot(i):` then makes every later forward use delta i, so the same
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -29,43 +30,9 @@ from mmunlearn.defenses.editor import (
     training_only,
 )
 from mmunlearn.defenses.losses import Defense, EditTerms
-from mmunlearn.errors import ConfigError, MMUnlearnError
+from mmunlearn.defenses.slots import SlotLowRank, SlotRouter, unwrap_modules, wrap_modules
+from mmunlearn.errors import ConfigError
 from mmunlearn.models.adapters.base import VLMAdapter, VLMBatch
-
-
-class SlotLowRank(nn.Module):
-    """A linear layer plus one low-rank delta per slot, applied row by row."""
-
-    def __init__(self, base: nn.Linear, slots: int, rank: int, alpha: float, init: torch.Tensor) -> None:
-        super().__init__()
-        self.base = base
-        self.scale = alpha / rank
-        self.A = nn.Parameter(init.detach().clone()[None].repeat(slots, 1, 1).to(base.weight))  # [S, r, in]
-        self.B = nn.Parameter(torch.zeros(slots, base.out_features, rank).to(base.weight))    # [S, out, r]
-        self.rows: torch.Tensor | None = None  # [batch] slot per row, -1 = none; None = no delta at all
-
-    @property
-    def weight(self) -> nn.Parameter:
-        """The base layer's weight (full-weight editors and restore checks reach it through the wrapper)."""
-        return self.base.weight
-
-    def get_base_layer(self) -> nn.Linear:
-        return self.base
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base(x)
-        if self.rows is None:
-            return out
-        rows = self.rows
-        if rows.shape[0] != x.shape[0]:
-            rows = rows[:1].expand(x.shape[0]) if bool((rows == rows[0]).all()) else rows
-            if rows.shape[0] != x.shape[0]:
-                raise MMUnlearnError(f"slot rows ({self.rows.shape[0]}) do not match the batch ({x.shape[0]})")
-        active = rows >= 0
-        index = rows.clamp_min(0)
-        a, b = self.A[index], self.B[index]  # [batch, r, in], [batch, out, r]
-        delta = torch.einsum("btr,bor->bto", torch.einsum("bti,bri->btr", x, a), b) * self.scale
-        return out + delta * active[:, None, None].to(delta.dtype)
 
 
 def lora_init(editor: object) -> list[torch.Tensor]:
@@ -93,57 +60,35 @@ class BatchedEditor:
         self.config = config
         self.slots = slots
         self.module_names = target_module_names(adapter, config)
-        self.modules: list[SlotLowRank] = []
         if init is None:
             with Editor(adapter, config) as sequential:
                 init = lora_init(sequential)
-        for k, name in enumerate(self.module_names):
-            parent_name, child = name.rsplit(".", 1)
-            base = adapter.model.get_submodule(name)
-            if not isinstance(base, nn.Linear):
+        self.router = SlotRouter(slots)
+        for name in self.module_names:
+            if not isinstance(adapter.model.get_submodule(name), nn.Linear):
                 raise ConfigError(f"batched edits: {name} is not a linear layer")
-            wrapped = SlotLowRank(base, slots, config.rank, config.alpha, init[k])
-            setattr(adapter.model.get_submodule(parent_name), child, wrapped)
-            self.modules.append(wrapped)
+        inits = iter(init)
+        self.modules = wrap_modules(adapter.model, self.module_names,
+                                    lambda base: SlotLowRank(base, self.router, config.rank, config.alpha,
+                                                             next(inits)))
         self.trainable = [p for m in self.modules for p in (m.A, m.B)]
         self._initial = [p.detach().clone() for p in self.trainable]
 
     # ------------------------------------------------------------------ slot routing
 
     def _set_rows(self, rows: torch.Tensor | None) -> None:
-        for m in self.modules:
-            m.rows = rows
+        self.router.set(rows)
 
-    @contextlib.contextmanager
-    def slot(self, index: int) -> Iterator[None]:
+    def slot(self, index: int) -> contextlib.AbstractContextManager[None]:
         """Every forward inside uses fact `index`'s delta (the rows of any batch)."""
-        self._set_rows(torch.tensor([index], device=self.adapter.device))
-        try:
-            yield
-        finally:
-            self._set_rows(None)
+        return self.router.slot(index, self.adapter.device)
 
-    @contextlib.contextmanager
-    def routed(self, owners: Sequence[int]) -> Iterator[None]:
+    def routed(self, owners: Sequence[int]) -> contextlib.AbstractContextManager[None]:
         """Adapter calls inside take item k through fact `owners[k]`'s delta (-1: the unedited model).
 
         Lets one merged measurement or attack call evaluate every fact of a group, each under its own edit.
         """
-        table = torch.tensor(list(owners), dtype=torch.long)
-        if len(table) and (int(table.max()) >= self.slots or int(table.min()) < -1):
-            raise ConfigError(f"routed: owners must lie in -1..{self.slots - 1}")
-        device = self.adapter.device
-
-        def route(indices: list[int]) -> None:
-            if indices and max(indices) >= len(table):
-                raise MMUnlearnError(f"routed: a batch names item {max(indices)} of {len(table)} routed items")
-            self._set_rows(table[indices].to(device))
-
-        try:
-            with self.adapter.each_batch(route):
-                yield
-        finally:
-            self._set_rows(None)
+        return self.router.routed(self.adapter, owners)
 
     # ------------------------------------------------------------------ training
 
@@ -205,9 +150,7 @@ class BatchedEditor:
 
     def close(self) -> None:
         """Put the original linear layers back."""
-        for name, module in zip(self.module_names, self.modules):
-            parent_name, child = name.rsplit(".", 1)
-            setattr(self.adapter.model.get_submodule(parent_name), child, module.base)
+        unwrap_modules(self.adapter.model, self.module_names, [m.base for m in self.modules])
         self.modules = []
 
     def __enter__(self) -> BatchedEditor:

@@ -195,8 +195,8 @@ def run_unlok(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print
     group = max(1, int(cfg.unlok.get("batch_facts", 1) or 1))
     editor_cm = Editor(adapter, edit_config) if group == 1 else BatchedEditor(adapter, edit_config, slots=group)
     with editor_cm as editor:
-        relearn = Relearning(adapter, relearn_config, seed=config.seed,
-                             max_new_tokens=config.max_new_tokens) if relearn_config else None
+        relearn = Relearning(adapter, relearn_config, seed=config.seed, max_new_tokens=config.max_new_tokens,
+                             router=None if group == 1 else editor.router) if relearn_config else None
         protocol = Protocol(adapter, benchmark, editor if group == 1 else None, defenses, attacks, config, relearn,
                             edit_overrides=overrides)
         if relearn_config is not None or "probe" in attacks:

@@ -176,22 +176,21 @@ class Protocol:
                     route: Route | None = None, slot: Callable[[int], AbstractContextManager[Any]] | None = None,
                     ) -> list[list[dict[str, Any]]]:
         """Every attack on every fact: the model readouts of all of them in merged calls (`prefetch`), then
-        each attack per fact inside `slot(i)` (so anything not prefetched still reads fact i's model)."""
+        each attack per fact inside `slot(i)` (so anything not prefetched still reads fact i's model), then
+        relearning for all of them at once (fact i through slot i of the relearner's router)."""
         contexts = [AttackContext(self.adapter, self.benchmark, p.record, seed=self.config.seed, state_cache=c)
                     for p, c in zip(plans, caches)]
         prefetch(contexts, list(self.attacks.values()), route)
         label = defense.name if defense else "none"
         out = []
         for i, (plan, ctx) in enumerate(zip(plans, contexts)):
-            rows = []
             with contextlib.nullcontext() if slot is None else slot(i):
-                for name, attack in self.attacks.items():
-                    rows.append({"type": "attack", "fact": plan.record.id, "defense": label,
-                                 **attack.run(ctx).to_json(), "attack": name})
-                if self.relearn is not None:
-                    rows.append({"type": "attack", "fact": plan.record.id, "defense": label,
-                                 **self.relearn.attack(self.benchmark, plan.record)})
-            out.append(rows)
+                out.append([{"type": "attack", "fact": plan.record.id, "defense": label,
+                             **attack.run(ctx).to_json(), "attack": name} for name, attack in self.attacks.items()])
+        if self.relearn is not None:
+            relearned = self.relearn.attack_many(self.benchmark, [p.record for p in plans])
+            for rows, plan, result in zip(out, plans, relearned):
+                rows.append({"type": "attack", "fact": plan.record.id, "defense": label, **result})
         return out
 
     # ------------------------------------------------------------------ edits
