@@ -37,13 +37,13 @@ class ScriptedAdapter:
     def __init__(self) -> None:
         self.calls: list[tuple[int, list[int] | None, int, float, float]] = []
 
-    def generate(self, items: list[VLMInput], max_new_tokens: int = 32, do_sample: bool = False,
-                 seed: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
-                 seeds: list[int] | None = None) -> list[str]:
-        assert do_sample
-        self.calls.append((len(items), seeds, max_new_tokens, temperature, top_p))
-        return ["Fish." if item.image.info["ref"].endswith("easy") or "expert" in item.question else "no idea"
-                for item in items]
+    def sample(self, items: list[VLMInput], seeds: list[list[int]], max_new_tokens: int = 32,
+               temperature: float = 1.0, top_p: float = 1.0) -> list[list[str]]:
+        self.calls.append((sum(map(len, seeds)), [s for row in seeds for s in row], max_new_tokens, temperature,
+                           top_p))
+        answers = ["Fish." if item.image.info["ref"].endswith("easy") or "expert" in item.question else "no idea"
+                   for item in items]
+        return [[a] * len(s) for a, s in zip(answers, seeds)]
 
 
 RECORD = FactRecord(id="r0", image="c/0/canon", question="What does it eat?", answer="fish", alt_answer="seeds",

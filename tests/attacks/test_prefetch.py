@@ -19,7 +19,7 @@ class Counting:
 
     def __getattr__(self, name: str):
         value = getattr(self._adapter, name)
-        if name in ("generate", "hidden_states", "hidden_and_lens"):
+        if name in ("generate", "sample", "hidden_states", "hidden_and_lens"):
             def counted(*args, **kwargs):
                 self.calls.append(name)
                 return value(*args, **kwargs)
@@ -40,8 +40,8 @@ def test_prefetched_attacks_equal_lazy_ones_in_three_merged_calls(micro_adapter,
     lazy = _outcomes(lazy_adapter, micro_benchmark, prefetched=False)
     merged = _outcomes(merged_adapter, micro_benchmark, prefetched=True)
     assert merged == lazy
-    assert merged_adapter.calls == ["hidden_and_lens", "hidden_states", "generate"]
-    assert lazy_adapter.calls.count("generate") == 4 * 3  # one per blackbox attack and fact
+    assert merged_adapter.calls == ["hidden_and_lens", "hidden_states", "sample"]
+    assert lazy_adapter.calls.count("sample") == 4 * 3  # one per blackbox attack and fact
     assert all(o["candidates"] and o["budget"] for o in merged if o["kind"] == "blackbox")
 
 
@@ -51,4 +51,4 @@ def test_prefetch_skips_what_is_cached(micro_adapter, micro_benchmark):
     contexts = [AttackContext(adapter, micro_benchmark, r) for r in micro_benchmark.records[:2]]
     prefetch(contexts, attacks)
     prefetch(contexts, attacks)
-    assert adapter.calls == ["hidden_and_lens", "generate"]
+    assert adapter.calls == ["hidden_and_lens", "sample"]

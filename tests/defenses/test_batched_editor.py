@@ -80,9 +80,12 @@ def test_routed_calls_take_each_item_through_its_own_facts_delta(micro_adapter, 
             texts = micro_adapter.generate(items, max_new_tokens=3)
             scores = micro_adapter.answer_logprobs(scored)
             states = micro_adapter.hidden_states(items)
+            samples = micro_adapter.sample(items, [[7, 8, 9]] * len(items), max_new_tokens=3, temperature=2.0)
         for k, owner in enumerate(owners):
             with contextlib.nullcontext() if owner < 0 else batched.slot(owner):
                 assert micro_adapter.generate(items[k:k + 1], max_new_tokens=3) == texts[k:k + 1]
+                assert micro_adapter.sample(items[k:k + 1], [[7, 8, 9]], max_new_tokens=3,
+                                            temperature=2.0) == samples[k:k + 1]
                 assert micro_adapter.answer_logprobs(scored[k:k + 1])[0].total == pytest.approx(scores[k].total,
                                                                                                 abs=1e-4)
                 assert torch.allclose(micro_adapter.hidden_states(items[k:k + 1])[0], states[k], atol=1e-4)

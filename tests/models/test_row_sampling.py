@@ -49,3 +49,19 @@ def test_an_items_samples_do_not_depend_on_the_batch(micro_adapter, micro_benchm
     assert len(set(together)) > 1
     other = micro_adapter.generate(items, max_new_tokens=6, do_sample=True, temperature=1.5, seeds=row_seeds(12, 6))
     assert other != together
+
+
+def test_shared_prompt_prefill_gives_the_samples_of_separate_rows(micro_adapter, micro_benchmark):
+    records = micro_benchmark.records[:4]
+    items = [VLMInput(micro_benchmark.image(r.image), r.question) for r in records]
+    seeds = [row_seeds(k, n) for k, n in enumerate([3, 1, 5, 2])]
+    assert micro_adapter.shares_prompt_prefill
+    micro_adapter.batch_size = 6  # groups of whole items, at most 6 samples each
+    shared = micro_adapter.sample(items, seeds, max_new_tokens=6, temperature=1.5)
+    micro_adapter.shares_prompt_prefill = False
+    separate = micro_adapter.sample(items, seeds, max_new_tokens=6, temperature=1.5)
+    flat = micro_adapter.generate([it for it, s in zip(items, seeds) for _ in s], max_new_tokens=6, do_sample=True,
+                                  temperature=1.5, seeds=[x for s in seeds for x in s])
+    assert [len(t) for t in shared] == [3, 1, 5, 2]
+    assert shared == separate and [x for t in shared for x in t] == flat
+    assert len({x for t in shared for x in t}) > 2

@@ -192,13 +192,24 @@ class AttackContext:
 
     def sample(self, requests: Sequence[SampleRequest]) -> list[str]:
         """The text of each request; those not cached yet are generated, one call per generation setting."""
-        missing = list(dict.fromkeys(r for r in requests if r not in self.samples))
-        by_params: dict[tuple[int, float, float], list[SampleRequest]] = {}
-        for r in missing:
-            by_params.setdefault(r.params(), []).append(r)
-        for (max_new, temperature, top_p), group in by_params.items():
-            texts = self.adapter.generate([VLMInput(self.image(r.image), r.question) for r in group],
-                                          max_new_tokens=max_new, do_sample=True, temperature=temperature,
-                                          top_p=top_p, seeds=[r.seed for r in group])
-            self.samples.update(zip(group, texts))
+        missing = [r for r in dict.fromkeys(requests) if r not in self.samples]
+        for params, prompts in group_requests(missing).items():
+            self.fill(params, prompts, self.adapter.sample(
+                [VLMInput(self.image(image), question) for image, question in prompts],
+                [[r.seed for r in rs] for rs in prompts.values()], *params))
         return [self.samples[r] for r in requests]
+
+    def fill(self, params: tuple[int, float, float], prompts: dict[tuple[str, str], list[SampleRequest]],
+             texts: Sequence[Sequence[str]]) -> None:
+        """Cache the texts `adapter.sample` returned for `group_requests`' prompts of one setting."""
+        for requests, got in zip(prompts.values(), texts):
+            self.samples.update(zip(requests, got))
+
+
+def group_requests(requests: Sequence[SampleRequest]) -> dict[tuple[int, float, float],
+                                                               dict[tuple[str, str], list[SampleRequest]]]:
+    """Requests by generation setting, then by prompt (image, question): one `adapter.sample` item each."""
+    out: dict[tuple[int, float, float], dict[tuple[str, str], list[SampleRequest]]] = {}
+    for r in requests:
+        out.setdefault(r.params(), {}).setdefault((r.image, r.question), []).append(r)
+    return out

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from mmunlearn.attacks.context import AttackContext, Needs, SampleRequest
+from mmunlearn.attacks.context import AttackContext, Needs, SampleRequest, group_requests
 from mmunlearn.attacks.registry import Attack
 from mmunlearn.data.records import FactRecord
 from mmunlearn.models.adapters.base import VLMInput
@@ -66,15 +66,22 @@ def prefetch(contexts: Sequence[AttackContext], attacks: Sequence[Attack], route
         for k, (i, record) in enumerate(wanted):
             contexts[i].add_states([record], states[k:k + 1])
 
-    by_params: dict[tuple[int, float, float], list[tuple[int, SampleRequest]]] = {}
+    # Every context's missing samples, grouped by setting, then per (context, prompt): one `sample` item each.
+    by_params: dict[tuple[int, float, float], list[tuple[int, dict]]] = {}
     for i, (_, _, requests) in enumerate(plans):
-        for request in dict.fromkeys(requests):
-            if request not in contexts[i].samples:
-                by_params.setdefault(request.params(), []).append((i, request))
-    for (max_new, temperature, top_p), todo in by_params.items():
-        with routing(route, [owners[i] for i, _ in todo]):
-            texts = adapter.generate([VLMInput(contexts[i].image(r.image), r.question) for i, r in todo],
-                                     max_new_tokens=max_new, do_sample=True, temperature=temperature, top_p=top_p,
-                                     seeds=[r.seed for _, r in todo])
-        for (i, request), text in zip(todo, texts):
-            contexts[i].samples[request] = text
+        missing = [r for r in dict.fromkeys(requests) if r not in contexts[i].samples]
+        for params, prompts in group_requests(missing).items():
+            by_params.setdefault(params, []).append((i, prompts))
+    for params, todo in by_params.items():
+        owner_of, items, seeds = [], [], []
+        for i, prompts in todo:
+            for (image, question), requests in prompts.items():
+                owner_of.append(owners[i])
+                items.append(VLMInput(contexts[i].image(image), question))
+                seeds.append([r.seed for r in requests])
+        with routing(route, owner_of):
+            texts = adapter.sample(items, seeds, *params)
+        start = 0
+        for i, prompts in todo:
+            contexts[i].fill(params, prompts, texts[start:start + len(prompts)])
+            start += len(prompts)

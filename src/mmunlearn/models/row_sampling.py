@@ -30,10 +30,9 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 def uniform_noise(seeds: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
     """U(0, 1) values [rows, vocab] from (seed, step, token): the same for a row wherever it runs (float64)."""
-    row = _mix32((seeds.to(torch.int64) & _MASK) ^ ((step * 0x9E3779B9 + 0x7F4A7C15) & _MASK))
-    tokens = torch.arange(vocab, dtype=torch.int64, device=seeds.device)
-    bits = _mix32((row[:, None] * 0x27D4EB2F + tokens[None, :] * 0x165667B1 + 0x3C6EF372) & _MASK)
-    bits = _mix32(bits ^ (row[:, None] >> 7))
+    row = _mix32(_mix32((seeds.to(torch.int64) & _MASK) ^ ((step * 0x9E3779B9 + 0x7F4A7C15) & _MASK)))
+    tokens = (torch.arange(vocab, dtype=torch.int64, device=seeds.device) * 0x165667B1) & _MASK
+    bits = _mix32(row[:, None] ^ tokens[None, :])  # one full-size round: the row key is already well mixed
     return (bits.to(torch.float64) + 0.5) / 2.0**32
 
 

@@ -190,6 +190,9 @@ class VLMAdapter(abc.ABC):
     lm_head_path: ClassVar[str] = "lm_head"
     default_image_token: ClassVar[str] = "<image>"
     can_mix_modalities: ClassVar[bool] = True
+    # Families whose generate can continue from a KV cache of the prompt built by a plain forward pass set
+    # this True: `sample` then runs each prompt once for all its samples.
+    shares_prompt_prefill: ClassVar[bool] = False
     # Families whose rows need no image-token expansion in the text (cross-attention models) set this False.
     expands_image_tokens: ClassVar[bool] = True
 
@@ -583,38 +586,112 @@ class VLMAdapter(abc.ABC):
     def generate(self, items: Sequence[VLMInput], max_new_tokens: int = 32, do_sample: bool = False,
                  seed: int | None = None, temperature: float = 1.0, top_p: float = 1.0,
                  seeds: Sequence[int] | None = None) -> list[str]:
-        """Greedy or seeded sampling (temperature + nucleus, top-k off); stops at end of turn.
+        """Greedy decoding, or one sample per item (see `sample`); stops at end of turn.
 
-        Sampling draws each item from its own stream (`seeds`, one per item; default: derived from `seed`
-        and the item's position), so an item's samples do not depend on the batch it shares: merging the
-        requests of several calls into one gives the same texts, up to floating-point noise from padding.
+        Sampled items draw from their own streams (`seeds`, one per item; default: derived from `seed` and
+        the item's position), so an item's text does not depend on the batch it shares.
         """
-        from transformers import LogitsProcessorList
-
-        from mmunlearn.models.row_sampling import RowSeededSampler, row_seeds
-
         if do_sample:
+            from mmunlearn.models.row_sampling import row_seeds
+
             if seeds is None:
                 base = int(torch.randint(0, 2**31 - 1, ()).item()) if seed is None else int(seed)
                 seeds = row_seeds(base, len(items))
             if len(seeds) != len(items):
                 raise ConfigError(f"generate: {len(seeds)} seeds for {len(items)} items")
+            texts = self.sample(items, [[s] for s in seeds], max_new_tokens, temperature, top_p)
+            return [t[0] for t in texts]
         results: list[str | None] = [None] * len(items)
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False,
-                                  "eos_token_id": self.stop_token_ids, "pad_token_id": self.pad_token_id}
         for group in self._groups(len(items), [it.image is not None for it in items]):
             batch = self.format([items[i] for i in group], for_generation=True)
-            prompt_length = batch.inputs["input_ids"].shape[1]
-            extra = {}
-            if do_sample:
-                assert seeds is not None
-                sampler = RowSeededSampler([seeds[i] for i in group], prompt_length, temperature, top_p)
-                extra["logits_processor"] = LogitsProcessorList([sampler])
-            out = self.model.generate(**batch.model_inputs(), **kwargs, **extra)
-            new = out[:, prompt_length:]
-            for b, i in enumerate(group):
-                results[i] = self._decode(new[b].tolist())
+            for i, text in zip(group, self._decode_batch(batch.model_inputs(), max_new_tokens)):
+                results[i] = text
         return results  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def sample(self, items: Sequence[VLMInput], seeds: Sequence[Sequence[int]], max_new_tokens: int = 32,
+               temperature: float = 1.0, top_p: float = 1.0) -> list[list[str]]:
+        """`len(seeds[i])` samples of item i, sample j drawn from its own stream `seeds[i][j]`.
+
+        Each draw depends on its seed alone (`row_sampling`), never on the batch, so merging many callers'
+        requests into one call gives each the texts it would get alone, up to floating-point noise from
+        padding. Families with `shares_prompt_prefill` run each prompt once and copy its KV cache to its
+        samples (the prompt is most of the compute when answers are short).
+        """
+        from transformers import LogitsProcessorList
+
+        from mmunlearn.models.row_sampling import RowSeededSampler
+
+        if len(seeds) != len(items):
+            raise ConfigError(f"sample: {len(seeds)} seed lists for {len(items)} items")
+        results: list[list[str]] = [[] for _ in items]
+        for group in self._sample_groups(items, seeds):
+            expanded = [i for i in group for _ in seeds[i]]
+            if not expanded:
+                continue
+            flat_seeds = [s for i in group for s in seeds[i]]
+            shared = self.shares_prompt_prefill and len(expanded) > len(group)
+            batch = self.format([items[i] for i in (group if shared else expanded)], for_generation=True)
+            width = batch.inputs["input_ids"].shape[1]
+            processors = LogitsProcessorList([RowSeededSampler(flat_seeds, width, temperature, top_p)])
+            if shared:
+                repeat = torch.tensor([k for k, i in enumerate(group) for _ in seeds[i]], device=self.device)
+                self._route(group)
+                inputs = self._prefilled(batch, repeat)
+            else:
+                inputs = batch.model_inputs()
+            self._route(expanded)
+            for i, text in zip(expanded, self._decode_batch(inputs, max_new_tokens, processors)):
+                results[i].append(text)
+        return results
+
+    def _sample_groups(self, items: Sequence[VLMInput], seeds: Sequence[Sequence[int]]) -> Iterator[list[int]]:
+        """Item groups of at most `batch_size` samples in all (one item at least); split by modality where the
+        family cannot mix."""
+        group: list[int] = []
+        rows = 0
+        chunks = []
+        for i, item_seeds in enumerate(seeds):
+            if group and rows + len(item_seeds) > self.batch_size:
+                chunks.append(group)
+                group, rows = [], 0
+            group.append(i)
+            rows += len(item_seeds)
+        if group:
+            chunks.append(group)
+        for chunk in chunks:
+            if self.can_mix_modalities:
+                yield chunk
+            else:
+                for kind in (True, False):
+                    part = [i for i in chunk if (items[i].image is not None) == kind]
+                    if part:
+                        yield part
+
+    def _route(self, indices: list[int]) -> None:
+        if self._batch_hook is not None:
+            self._batch_hook(indices)
+
+    def _prefilled(self, batch: VLMBatch, repeat: torch.Tensor) -> dict[str, Any]:
+        """Generation inputs for rows `repeat` of `batch` with every prompt token but the last already in a
+        KV cache: one forward per distinct prompt instead of one per sample."""
+        inputs = batch.model_inputs()
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        # Positions exactly as `generate` derives them from the mask, so the cached keys match its own.
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        prefix = {k: (v[:, :-1] if k in ("input_ids", "attention_mask") else v) for k, v in inputs.items()}
+        out = self.model(**prefix, position_ids=positions[:, :-1], use_cache=True, **self._forward_kwargs())
+        cache = out.past_key_values
+        cache.reorder_cache(repeat)
+        return {"input_ids": ids[repeat], "attention_mask": mask[repeat], "past_key_values": cache}
+
+    def _decode_batch(self, inputs: dict[str, Any], max_new_tokens: int, processors: Any = None) -> list[str]:
+        """`generate` on prepared inputs (greedy; a logits processor may turn it into sampling), decoded."""
+        width = inputs["input_ids"].shape[1]
+        extra = {} if processors is None else {"logits_processor": processors}
+        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                  eos_token_id=self.stop_token_ids, pad_token_id=self.pad_token_id, **extra)
+        return [self._decode(row.tolist()) for row in out[:, width:]]
 
     def _decode(self, ids: list[int]) -> str:
         stops = set(self.stop_token_ids)

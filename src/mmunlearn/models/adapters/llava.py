@@ -23,6 +23,7 @@ def has_cls_token(vision_config: Any) -> bool:
 class LlavaAdapter(VLMAdapter):
     model_class_name = "LlavaForConditionalGeneration"
     image_processor_class_name = "CLIPImageProcessorPil"
+    shares_prompt_prefill = True
 
     def _features_per_crop(self, height: int, width: int) -> int:
         config = self.model.config
