@@ -154,25 +154,34 @@ def save_image(image: Any, images_dir: Path) -> str:
 
 def evaluate(adapter: VLMAdapter, run: str, data: SafetyData, suites: dict[str, Any], judges: dict[str, Any],
              max_new_tokens: int, images_dir: Path | None = None) -> list[dict[str, Any]]:
-    """Attack rows (every suite x prompt) and utility rows of the model as it is now."""
+    """Attack rows (every suite x prompt) and utility rows of the model as it is now.
+
+    Every suite's inputs and the benign requests are answered in one generation call, the utility
+    questions in another (greedy decoding: an answer does not depend on the rest of its batch beyond
+    floating-point noise from padding)."""
+    built = {name: suite.build_all(data.attack_set, adapter) for name, suite in suites.items()}
+    benign = list(data.benign_eval)
+    requests = [i.to_vlm_input() for inputs in built.values() for i in inputs]
+    requests += [VLMInput(None, p.request) for p in benign]
+    responses = adapter.generate(requests, max_new_tokens=max_new_tokens)
+    utility = [(measure, item, gold) for measure, pairs in data.utility.items() for item, gold in pairs]
+    utility_answers = adapter.generate([item for _, item, _ in utility], max_new_tokens=6)
     rows: list[dict[str, Any]] = []
-    for name, suite in suites.items():
-        inputs = suite.build_all(data.attack_set, adapter)
-        responses = adapter.generate([i.to_vlm_input() for i in inputs], max_new_tokens=max_new_tokens)
-        for item, response, verdicts in zip(inputs, responses, _judge_rows(judges, inputs, responses)):
+    start = 0
+    for name, inputs in built.items():
+        mine = responses[start:start + len(inputs)]
+        start += len(inputs)
+        for item, response, verdicts in zip(inputs, mine, _judge_rows(judges, inputs, mine)):
             row = {"type": "attack", "run": run, "suite": name, "prompt": item.prompt_id,
                    "text": item.text, "response": response, "verdicts": verdicts,
                    **{f"asr/{j}": float(v["harmful"]) for j, v in verdicts.items()}}
             if item.image is not None and images_dir is not None:
                 row["image"] = save_image(item.image, images_dir)
             rows.append(row)
-    for measure, pairs in data.utility.items():
-        answers = adapter.generate([p for p, _ in pairs], max_new_tokens=6)
-        for (item, gold), answer in zip(pairs, answers):
-            rows.append({"type": "utility", "run": run, "measure": measure, "question": item.question,
-                         "answer": answer, "correct": float(contains_answer(answer, (gold,)))})
-    benign = list(data.benign_eval)
-    answers = adapter.generate([VLMInput(None, p.request) for p in benign], max_new_tokens=max_new_tokens)
+    for (measure, item, gold), answer in zip(utility, utility_answers):
+        rows.append({"type": "utility", "run": run, "measure": measure, "question": item.question,
+                     "answer": answer, "correct": float(contains_answer(answer, (gold,)))})
+    answers = responses[start:]
     keyword = get_judge("refusal_keyword")
     verdicts = keyword.judge([JudgeInput(request=p.request, response=a) for p, a in zip(benign, answers)])
     for prompt, answer, verdict in zip(benign, answers, verdicts):
