@@ -86,3 +86,30 @@ class Registry(Generic[T]):
             if key not in fields:
                 raise ConfigError(f"{self.what} {name!r}: unknown parameter {key!r}; known: "
                                   f"{', '.join(fields) or 'none'}{did_you_mean(key, fields)}")
+
+
+class FactoryRegistry(Generic[T]):
+    """Name -> factory function for components built from options rather than dataclass fields
+    (paraphrasers, embedders: `factory(model=None, **options)`)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._factories: dict[str, Callable[..., T]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator: make `factory` available as `name`."""
+
+        def add(factory: Callable[..., T]) -> Callable[..., T]:
+            self._factories[name] = factory
+            return factory
+
+        return add
+
+    def get(self, name: str) -> Callable[..., T]:
+        if name not in self._factories:
+            known = sorted(self._factories)
+            raise ConfigError(f"unknown {self.what} {name!r}; known: {', '.join(known)}{did_you_mean(name, known)}")
+        return self._factories[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._factories)

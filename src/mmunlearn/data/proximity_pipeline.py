@@ -48,7 +48,7 @@ from mmunlearn.data.records import (
 )
 from mmunlearn.data.unlok_format import image_refs
 from mmunlearn.errors import ConfigError, DataError
-from mmunlearn.registry import did_you_mean
+from mmunlearn.registry import FactoryRegistry
 
 N_NEIGHBOUR_QUESTIONS = 3
 
@@ -67,56 +67,42 @@ class Embedder(Protocol):
 
 # ------------------------------------------------------------------------------------------------ registries
 
-_PARAPHRASERS: dict[str, Callable[..., Paraphraser]] = {}
-_EMBEDDERS: dict[str, Callable[..., Embedder]] = {}
-
-
-def _adder(registry: dict[str, Callable[..., Any]], name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def add(factory: Callable[..., Any]) -> Callable[..., Any]:
-        registry[name] = factory
-        return factory
-    return add
+_PARAPHRASERS: FactoryRegistry[Paraphraser] = FactoryRegistry("paraphraser")
+_EMBEDDERS: FactoryRegistry[Embedder] = FactoryRegistry("embedder")
 
 
 def register_paraphraser(name: str) -> Callable[[Callable[..., Paraphraser]], Callable[..., Paraphraser]]:
     """Decorator: `factory(model=None, **options)` builds the paraphraser called `name`."""
-    return _adder(_PARAPHRASERS, name)
+    return _PARAPHRASERS.register(name)
 
 
 def register_embedder(name: str) -> Callable[[Callable[..., Embedder]], Callable[..., Embedder]]:
     """Decorator: `factory(model=None, **options)` builds the image embedder called `name`."""
-    return _adder(_EMBEDDERS, name)
-
-
-def _lookup(registry: dict[str, Callable[..., Any]], kind: str, name: str) -> Callable[..., Any]:
-    if name in registry:
-        return registry[name]
-    known = sorted(registry)
-    raise ConfigError(f"unknown {kind} {name!r}; known: {', '.join(known)}{did_you_mean(name, known)}")
+    return _EMBEDDERS.register(name)
 
 
 def get_paraphraser(name: str, model: str | None = None, **options: Any) -> Paraphraser:
-    return _lookup(_PARAPHRASERS, "paraphraser", name)(model=model, **options)
+    return _PARAPHRASERS.get(name)(model=model, **options)
 
 
 def get_embedder(name: str, model: str | None = None, **options: Any) -> Embedder:
-    return _lookup(_EMBEDDERS, "embedder", name)(model=model, **options)
+    return _EMBEDDERS.get(name)(model=model, **options)
 
 
 def paraphraser_names() -> list[str]:
-    return sorted(_PARAPHRASERS)
+    return _PARAPHRASERS.names()
 
 
 def embedder_names() -> list[str]:
-    return sorted(_EMBEDDERS)
+    return _EMBEDDERS.names()
 
 
-def _no_model(kind: str, model: str | None) -> None:
+def no_model(kind: str, model: str | None) -> None:
     if model is not None:
         raise ConfigError(f"{kind} takes no model (got {model!r}); use the 'hf' one to run a model")
 
 
-def _needs_model(kind: str, model: str | None) -> str:
+def needs_model(kind: str, model: str | None) -> str:
     if not model:
         raise ConfigError(f"{kind} 'hf' needs a model (a Hugging Face id or a local directory)")
     return model
@@ -209,7 +195,7 @@ class RuleParaphraser:
 
 @register_paraphraser("rule")
 def _rule_factory(model: str | None = None) -> Paraphraser:
-    _no_model("paraphraser 'rule'", model)
+    no_model("paraphraser 'rule'", model)
     return RuleParaphraser()
 
 
@@ -234,7 +220,7 @@ def _display_question(question: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _torch_device(device: str | None) -> str:
+def torch_device(device: str | None) -> str:
     import torch
 
     if device in (None, "auto"):
@@ -255,7 +241,7 @@ class HFParaphraser:
                  require_question: bool = False) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.device = _torch_device(device)
+        self.device = torch_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
         self.model = AutoModelForCausalLM.from_pretrained(model, use_safetensors=True,
                                                           trust_remote_code=trust_remote_code).to(self.device).eval()
@@ -314,7 +300,7 @@ class HFParaphraser:
 
 @register_paraphraser("hf")
 def _hf_paraphraser_factory(model: str | None = None, **options: Any) -> Paraphraser:
-    return HFParaphraser(_needs_model("paraphraser", model), **options)
+    return HFParaphraser(needs_model("paraphraser", model), **options)
 
 
 @register_paraphraser("smol")
@@ -354,7 +340,7 @@ class PixelEmbedder:
 
 @register_embedder("pixels")
 def _pixels_factory(model: str | None = None, **options: Any) -> Embedder:
-    _no_model("embedder 'pixels'", model)
+    no_model("embedder 'pixels'", model)
     return PixelEmbedder(**options)
 
 
@@ -368,7 +354,7 @@ class HFImageEmbedder:
                  device: str | None = None) -> None:
         from transformers import AutoImageProcessor, AutoModel
 
-        self.device = _torch_device(device)
+        self.device = torch_device(device)
         self.processor = AutoImageProcessor.from_pretrained(model, backend="pil", trust_remote_code=trust_remote_code)
         self.model = AutoModel.from_pretrained(model, use_safetensors=True,
                                                trust_remote_code=trust_remote_code).to(self.device).eval()
@@ -398,7 +384,7 @@ class HFImageEmbedder:
 
 @register_embedder("hf")
 def _hf_embedder_factory(model: str | None = None, **options: Any) -> Embedder:
-    return HFImageEmbedder(_needs_model("embedder", model), **options)
+    return HFImageEmbedder(needs_model("embedder", model), **options)
 
 
 # ----------------------------------------------------------------------------------------------------- items

