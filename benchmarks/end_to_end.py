@@ -1,9 +1,10 @@
 """The default run end to end (`mmunlearn run`, both tracks), warm and optionally cold, as a user runs it.
 
-Usage: python benchmarks/end_to_end.py [--cold] [--out results.json] [KEY=VALUE ...]
+Usage: python benchmarks/end_to_end.py [--cold] [--keep DIR] [--out results.json] [KEY=VALUE ...]
 Warm: the model is already in the cache (it is pretrained first if it is not, and that time is not
 counted). Cold: a fresh, empty cache directory, so pretraining is part of the time. Each run goes into a
-new temporary run directory; the per-track wall times come from each track's own timings file.
+new temporary run directory (`--keep DIR`: the warm run goes to DIR and stays); the per-track wall times
+come from each track's own timings file.
 Targets (issue: performance): cold <= 10 min, warm <= 3 min on 2 CPU cores.
 """
 
@@ -39,14 +40,14 @@ def _track_seconds(run_dir: Path) -> dict[str, float]:
     return out
 
 
-def measure(kind: str, overrides: list[str], base_env: dict[str, str]) -> dict[str, object]:
+def measure(kind: str, overrides: list[str], base_env: dict[str, str], keep: Path | None = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix=f"mmunlearn-{kind}-") as tmp:
         env = dict(base_env)
         if kind == "cold":
             env["MMUNLEARN_CACHE"] = str(Path(tmp) / "cache")
         else:
             _mmunlearn(["pretrain", *overrides], env)  # make sure the model is cached; not counted
-        run_dir = Path(tmp) / "run"
+        run_dir = keep if keep is not None else Path(tmp) / "run"
         wall = _mmunlearn(["run", "--out", str(run_dir), *overrides], env)
         return {"kind": kind, "wall_seconds": wall, "tracks": _track_seconds(run_dir)}
 
@@ -54,11 +55,14 @@ def measure(kind: str, overrides: list[str], base_env: dict[str, str]) -> dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cold", action="store_true", help="also time a cold run (pretraining included)")
+    parser.add_argument("--keep", type=Path, help="write the warm run here and keep it (a new directory)")
     parser.add_argument("--out")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     env = dict(os.environ)
-    results = [measure("warm", args.overrides, env)]
+    if args.keep is not None and args.keep.exists():
+        parser.error(f"--keep {args.keep}: exists; give a new directory (a finished run would be reused)")
+    results = [measure("warm", args.overrides, env, args.keep)]
     if args.cold:
         results.append(measure("cold", args.overrides, env))
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores visible; overrides: {args.overrides or 'none'}")
