@@ -126,8 +126,13 @@ class SlotFullDelta(nn.Module):
         if rows is None:
             return out
         index = torch.where(rows >= 0, self.slot_of[rows.clamp_min(0)], -1)
-        delta = torch.einsum("bti,boi->bto", x, self.delta[index.clamp_min(0)])
-        return out + delta * _active(index, delta)
+        # One matmul per change over its own rows: gathering a [batch, out, in] weight per row would copy
+        # (and in the backward pass scatter) a full matrix for every row.
+        for k in torch.unique(index).tolist():
+            if k >= 0:
+                sel = (index == k).nonzero(as_tuple=True)[0]
+                out = out.index_add(0, sel, x[sel] @ self.delta[k].T)
+        return out
 
 
 def wrap_modules(model: nn.Module, names: Sequence[str], make: type[nn.Module] | object) -> list[nn.Module]:
