@@ -1,11 +1,15 @@
 """Batched independent edits vs sequential edits: facts edited per second, side by side, same outcomes.
 
-Usage: python benchmarks/batched_edits.py [--facts 32] [--slots 16] [--repeats 3] [--out results.json]
-       [KEY=VALUE overrides...]
+Usage: python benchmarks/batched_edits.py [--facts 32] [--slots 16] [--repeats 3] [--protocol]
+       [--out results.json] [KEY=VALUE overrides...]
 Uses the cached tiny model (pretrained on first use) and the packaged UnLOK edit settings. For each defense,
 edits the same facts one by one with `Editor` and in groups of `--slots` with `BatchedEditor` (started from
 the same LoRA initialisation), checks that every fact's greedy answer after the edit is the same both ways,
 and prints the median facts/s of each and their ratio.
+
+`--protocol`: the whole per-fact protocol instead (measurements, every defense, every attack, relearning),
+one fact at a time (`Protocol.run_fact`) vs in groups of `--slots` (`Protocol.run_group`: batched edits,
+merged measurement and attack calls), with every attack outcome compared fact by fact.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ import time
 
 import torch
 
+from mmunlearn.attacks.relearning import Relearning
 from mmunlearn.config import load_config
 from mmunlearn.defenses.batched_editor import BatchedEditor, lora_init
 from mmunlearn.defenses.editor import EditExamples, Editor
 from mmunlearn.experiments.unlok import build_components, load_benchmark, load_model, protocol_config
-from mmunlearn.experiments.unlok_protocol import target_string
+from mmunlearn.experiments.unlok_protocol import Protocol, target_string
 from mmunlearn.models.adapters.base import VLMInput
 
 DEFENSES = ("fact_erasure", "error_injection", "head_projection", "input_rephrasing")
@@ -38,11 +43,47 @@ def examples_for(benchmark, records, defense, config) -> list[EditExamples]:
     return out
 
 
+def protocol_side_by_side(cfg, adapter, benchmark, n_facts: int, slots: int) -> dict:
+    """The full protocol on the same facts, one by one and in groups; seconds and identical outcomes."""
+    defenses, attacks, edit_config, relearn_config = build_components(cfg)
+    config = protocol_config(cfg)
+    records = benchmark.records[:n_facts]
+
+    def relearner(router=None):  # noqa: ANN001, ANN202
+        return Relearning(adapter, relearn_config, seed=config.seed, max_new_tokens=config.max_new_tokens,
+                          router=router) if relearn_config else None
+
+    with Editor(adapter, edit_config) as editor:
+        init = lora_init(editor)
+        protocol = Protocol(adapter, benchmark, editor, defenses, attacks, config, relearner())
+        protocol.prime()
+        t0 = time.perf_counter()
+        sequential = [protocol.run_fact(r) for r in records]
+        seq_seconds = time.perf_counter() - t0
+    with BatchedEditor(adapter, edit_config, slots=slots, init=init) as batched:
+        protocol = Protocol(adapter, benchmark, None, defenses, attacks, config, relearner(batched.router))
+        protocol.prime()
+        t0 = time.perf_counter()
+        grouped = [rows for start in range(0, len(records), slots)
+                   for rows in protocol.run_group(records[start:start + slots], batched)]
+        grp_seconds = time.perf_counter() - t0
+
+    def outcomes(rows_per_fact):  # noqa: ANN001, ANN202
+        return [(r["fact"], r["defense"], r["attack"], r["success"]) for rows in rows_per_fact for r in rows
+                if r["type"] == "attack"]
+
+    seq_out, grp_out = outcomes(sequential), outcomes(grouped)
+    return {"facts": len(records), "slots": slots, "sequential_seconds": seq_seconds, "grouped_seconds": grp_seconds,
+            "ratio": seq_seconds / grp_seconds, "outcomes": len(seq_out),
+            "same_outcomes": sum(a == b for a, b in zip(seq_out, grp_out))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--facts", type=int, default=32)
     parser.add_argument("--slots", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--protocol", action="store_true", help="time the whole per-fact protocol")
     parser.add_argument("--out")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -51,6 +92,20 @@ def main() -> None:
     defenses, _, edit_config, _ = build_components(cfg)
     benchmark = load_benchmark(cfg)
     adapter = load_model(cfg, print)
+    if args.protocol:
+        r = protocol_side_by_side(cfg, adapter, benchmark, args.facts, args.slots)
+        print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores visible, torch threads "
+              f"{torch.get_num_threads()}; the whole protocol, {r['facts']} facts")
+        print("| protocol | seconds | facts/s | s per fact |")
+        print("|---|---|---|---|")
+        sides = (("one fact at a time", "sequential_seconds"), (f"groups of {r['slots']}", "grouped_seconds"))
+        for label, key in sides:
+            print(f"| {label} | {r[key]:.1f} | {r['facts'] / r[key]:.2f} | {r[key] / r['facts']:.2f} |")
+        print(f"ratio {r['ratio']:.2f}x; identical attack outcomes {r['same_outcomes']}/{r['outcomes']}")
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as fh:
+                json.dump(r, fh, indent=2)
+        return
     config = protocol_config(cfg)
     records = benchmark.records[:args.facts]
     lens = list(range(adapter.num_layers // 2, adapter.num_layers + 1))
