@@ -14,9 +14,11 @@ compute those readouts for all of them in a few merged calls (`attacks.prefetch`
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,24 +194,31 @@ class AttackContext:
 
     def sample(self, requests: Sequence[SampleRequest]) -> list[str]:
         """The text of each request; those not cached yet are generated, one call per generation setting."""
-        missing = [r for r in dict.fromkeys(requests) if r not in self.samples]
-        for params, prompts in group_requests(missing).items():
-            self.fill(params, prompts, self.adapter.sample(
-                [VLMInput(self.image(image), question) for image, question in prompts],
-                [[r.seed for r in rs] for rs in prompts.values()], *params))
+        fetch_samples([self], [requests])
         return [self.samples[r] for r in requests]
 
-    def fill(self, params: tuple[int, float, float], prompts: dict[tuple[str, str], list[SampleRequest]],
-             texts: Sequence[Sequence[str]]) -> None:
-        """Cache the texts `adapter.sample` returned for `group_requests`' prompts of one setting."""
-        for requests, got in zip(prompts.values(), texts):
-            self.samples.update(zip(requests, got))
+
+Route = Callable[[Sequence[int]], AbstractContextManager[Any]]
 
 
-def group_requests(requests: Sequence[SampleRequest]) -> dict[tuple[int, float, float],
-                                                               dict[tuple[str, str], list[SampleRequest]]]:
-    """Requests by generation setting, then by prompt (image, question): one `adapter.sample` item each."""
-    out: dict[tuple[int, float, float], dict[tuple[str, str], list[SampleRequest]]] = {}
-    for r in requests:
-        out.setdefault(r.params(), {}).setdefault((r.image, r.question), []).append(r)
-    return out
+def routing(route: Route | None, owners: Sequence[int]) -> AbstractContextManager[Any]:
+    """`route(owners)`, or no routing at all."""
+    return contextlib.nullcontext() if route is None else route(owners)
+
+
+def fetch_samples(contexts: Sequence[AttackContext], requests: Sequence[Sequence[SampleRequest]],
+                  route: Route | None = None) -> None:
+    """Generate the requests of every context not cached yet, one `adapter.sample` call per generation
+    setting for all contexts together (an item per context and prompt, routed as context i = owner i)."""
+    groups: dict[tuple[int, float, float], dict[tuple[int, str, str], list[SampleRequest]]] = {}
+    for i, (ctx, wanted) in enumerate(zip(contexts, requests)):
+        for r in dict.fromkeys(wanted):
+            if r not in ctx.samples:
+                groups.setdefault(r.params(), {}).setdefault((i, r.image, r.question), []).append(r)
+    for params, prompts in groups.items():
+        with routing(route, [i for i, _, _ in prompts]):
+            texts = contexts[0].adapter.sample([VLMInput(contexts[i].image(image), question)
+                                                for i, image, question in prompts],
+                                               [[r.seed for r in rs] for rs in prompts.values()], *params)
+        for (i, _, _), rs, got in zip(prompts, prompts.values(), texts):
+            contexts[i].samples.update(zip(rs, got))

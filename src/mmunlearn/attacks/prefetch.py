@@ -10,22 +10,12 @@ the filled caches. With a `route`, item k of a merged call is taken through its 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
-from typing import Any
+from collections.abc import Iterable, Sequence
 
-from mmunlearn.attacks.context import AttackContext, Needs, SampleRequest, group_requests
+from mmunlearn.attacks.context import AttackContext, Needs, Route, SampleRequest, fetch_samples, routing
 from mmunlearn.attacks.registry import Attack
 from mmunlearn.data.records import FactRecord
 from mmunlearn.models.adapters.base import VLMInput
-
-Route = Callable[[Sequence[int]], AbstractContextManager[Any]]
-
-
-def routing(route: Route | None, owners: Sequence[int]) -> AbstractContextManager[Any]:
-    """`route(owners)`, or no routing at all."""
-    return contextlib.nullcontext() if route is None else route(owners)
 
 
 def merged_needs(attacks: Iterable[Attack], ctx: AttackContext) -> tuple[bool, list[int], list[SampleRequest]]:
@@ -35,53 +25,33 @@ def merged_needs(attacks: Iterable[Attack], ctx: AttackContext) -> tuple[bool, l
     return any(n.forward for n in needs), sizes, [r for n in needs for r in n.samples]
 
 
-def prefetch(contexts: Sequence[AttackContext], attacks: Sequence[Attack], route: Route | None = None,
-             owners: Sequence[int] | None = None) -> None:
-    """Fill every context's caches for `attacks`; `owners[i]` is context i's routing index (default i)."""
+def prefetch(contexts: Sequence[AttackContext], attacks: Sequence[Attack], route: Route | None = None) -> None:
+    """Fill every context's caches for `attacks`; with `route`, context i's rows go through owner i."""
     if not contexts:
         return
-    owners = list(range(len(contexts))) if owners is None else list(owners)
     adapter = contexts[0].adapter
     plans = [merged_needs(attacks, ctx) for ctx in contexts]
 
     forward = [i for i, (wants, _, _) in enumerate(plans) if wants and not contexts[i].has_forward]
     if forward:
-        with routing(route, [owners[i] for i in forward]):
+        with routing(route, forward):
             hidden, lens = adapter.hidden_and_lens([contexts[i].item() for i in forward])
         for k, i in enumerate(forward):
             contexts[i].set_forward(hidden[k], lens[k])
 
     wanted: list[tuple[int, FactRecord]] = []
-    seen: set[tuple[int, int, str]] = set()
+    seen: set[tuple[int, str]] = set()
     for i, (_, sizes, _) in enumerate(plans):
         for n in sizes:
             for record in contexts[i].missing_states(n):
-                key = (id(contexts[i].state_cache), owners[i], record.id)
+                key = (i, record.id)
                 if key not in seen:
                     seen.add(key)
                     wanted.append((i, record))
     if wanted:
-        with routing(route, [owners[i] for i, _ in wanted]):
+        with routing(route, [i for i, _ in wanted]):
             states = adapter.hidden_states([VLMInput(contexts[i].image(r.image), r.question) for i, r in wanted])
         for k, (i, record) in enumerate(wanted):
             contexts[i].add_states([record], states[k:k + 1])
 
-    # Every context's missing samples, grouped by setting, then per (context, prompt): one `sample` item each.
-    by_params: dict[tuple[int, float, float], list[tuple[int, dict]]] = {}
-    for i, (_, _, requests) in enumerate(plans):
-        missing = [r for r in dict.fromkeys(requests) if r not in contexts[i].samples]
-        for params, prompts in group_requests(missing).items():
-            by_params.setdefault(params, []).append((i, prompts))
-    for params, todo in by_params.items():
-        owner_of, items, seeds = [], [], []
-        for i, prompts in todo:
-            for (image, question), requests in prompts.items():
-                owner_of.append(owners[i])
-                items.append(VLMInput(contexts[i].image(image), question))
-                seeds.append([r.seed for r in requests])
-        with routing(route, owner_of):
-            texts = adapter.sample(items, seeds, *params)
-        start = 0
-        for i, prompts in todo:
-            contexts[i].fill(params, prompts, texts[start:start + len(prompts)])
-            start += len(prompts)
+    fetch_samples(contexts, [requests for _, _, requests in plans], route)

@@ -15,8 +15,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmunlearn.attacks.context import AttackContext, StateCache
-from mmunlearn.attacks.prefetch import Route, prefetch, routing
+from mmunlearn.attacks.context import AttackContext, Route, StateCache, routing
+from mmunlearn.attacks.prefetch import prefetch
 from mmunlearn.attacks.registry import Attack
 from mmunlearn.attacks.relearning import Relearning
 from mmunlearn.data.records import Benchmark, FactRecord
@@ -255,4 +255,3 @@ class Protocol:
                 rows.append(row)
                 rows += self.attack_all(plan, defense, {})
         return rows
-
