@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -13,10 +14,15 @@ from mmunlearn.attacks import AttackContext, get_attack
 from mmunlearn.attacks.whitebox import (
     default_layers,
     fit_probe,
+    fit_probes,
     layer_distributions,
     logit_lens_candidates,
     probe_candidates,
+    probe_candidates_many,
     resolve_layers,
+    stable_rank,
+    stable_top,
+    top_and_ranks,
 )
 from mmunlearn.data.records import Benchmark, FactRecord
 from mmunlearn.errors import ConfigError, MMUnlearnError
@@ -123,8 +129,8 @@ def test_resolve_layers_errors_are_one_line(layers: list[int], min_count: int, w
 def test_head_projection_candidates_by_hand() -> None:
     dists = layer_distributions(PROBS.log(), [2, 3, 4], order=0)
     c = logit_lens_candidates(dists, TARGET, k=1)
-    assert c.top_ids.tolist() == [[1], [2], [0]]
-    assert c.bottom_ids.tolist() == [[5], [5], [2]]
+    assert c.top_ids == [[1], [2], [0]]
+    assert c.bottom_ids == [[5], [5], [2]]
     assert c.rank_top == [1, 0, 5] and c.rank_bottom == [4, 5, 0]
     assert c.top1 and c.topk and c.bottomk and c.topk_or_bottomk
     assert c.budgets() == {"top1": 3, "topk": 3, "bottomk": 3, "topk_or_bottomk": 6}
@@ -137,7 +143,7 @@ def test_probability_delta_is_a_first_difference_in_probability_space() -> None:
                             dtype=torch.float64)
     assert torch.allclose(dists, expected, atol=1e-12)
     c = logit_lens_candidates(dists, TARGET, k=1)
-    assert c.top_ids.tolist() == [[2], [0]] and c.bottom_ids.tolist() == [[1], [2]]
+    assert c.top_ids == [[2], [0]] and c.bottom_ids == [[1], [2]]
     assert c.top1 and c.topk and c.bottomk
     assert c.budgets() == {"top1": 2, "topk": 2, "bottomk": 2, "topk_or_bottomk": 4}
 
@@ -147,7 +153,7 @@ def test_second_difference_finds_the_target_only_from_the_bottom() -> None:
     assert torch.allclose(dists, torch.tensor([[0.50, 0.10, -0.54, 0.04, -0.10, 0.0]], dtype=torch.float64),
                           atol=1e-12)
     c = logit_lens_candidates(dists, TARGET, k=1)
-    assert c.top_ids.tolist() == [[0]] and c.bottom_ids.tolist() == [[2]]
+    assert c.top_ids == [[0]] and c.bottom_ids == [[2]]
     assert not c.topk and c.bottomk and c.topk_or_bottomk
     assert c.rank_top == [5] and c.rank_bottom == [0]
     assert c.budgets()["topk_or_bottomk"] == 2
@@ -155,13 +161,31 @@ def test_second_difference_finds_the_target_only_from_the_bottom() -> None:
 
 def test_ties_break_towards_the_lower_token_id_so_ranks_match_candidates() -> None:
     c = logit_lens_candidates(torch.full((1, 5), 0.2), target=3, k=3)
-    assert c.top_ids.tolist() == [[0, 1, 2]] and c.rank_top == [3] and not c.topk
-    assert c.bottom_ids.tolist() == [[0, 1, 2]] and not c.bottomk
+    assert c.top_ids == [[0, 1, 2]] and c.rank_top == [3] and not c.topk
+    assert c.bottom_ids == [[0, 1, 2]] and not c.bottomk
 
 
 def test_k_larger_than_the_vocabulary_is_clamped() -> None:
     c = logit_lens_candidates(torch.tensor([[0.5, 0.3, 0.2]]), target=2, k=10)
     assert c.k == 3 and c.topk and c.budgets()["topk"] == 3
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_stable_top_and_rank_equal_a_stable_sort_with_ties(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 4, (6, 3, 17), generator=g).double()  # many ties
+    scores[0, 0] = 1.0  # a row of one value
+    scores[1, 1, ::2] = float("-inf")
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    for k in (1, 3, 17):
+        assert torch.equal(stable_top(scores, k), order[..., :k])
+    index = torch.randint(0, 17, (6, 3), generator=g)
+    expected = (order == index[..., None]).int().argmax(-1)
+    assert torch.equal(stable_rank(scores, index), expected)
+    for rows in (scores, scores[:1, :2]):  # the top-k route and the full sort for a few rows
+        n = rows.shape[0]
+        top, rank = top_and_ranks(rows, 3, index[:n, :rows.shape[1]])
+        assert torch.equal(top, order[:n, :rows.shape[1], :3]) and torch.equal(rank, expected[:n, :rows.shape[1]])
 
 
 # ---------------------------------------------------------------------- the attacks on a stub model
@@ -322,3 +346,56 @@ def test_whitebox_attacks_end_to_end_on_the_micro_model(micro_adapter, micro_ben
         json.dumps(out)
     again = AttackContext(micro_adapter, micro_benchmark, record, seed=0)
     assert {name: get_attack(name).run(again).to_json() for name in first} == first
+
+
+# ---------------------------------------------------------------------- groups of facts
+
+
+def test_probes_fitted_together_equal_each_fitted_alone() -> None:
+    a_states, a_labels, _ = _planted(10, [5, 9, 11], seed=2)
+    b_states, b_labels, _ = _planted(10, [9, 13, 17], seed=3)  # shares one class with the first fact
+    together = fit_probes(torch.stack([a_states, b_states]), torch.stack([a_labels, b_labels]), ridge=1e-2)
+    assert together.classes.tolist() == [5, 9, 11, 13, 17] and together.n_classes == [3, 3]
+    assert torch.allclose(together.train_scores, together.scores(torch.stack([a_states, b_states])), atol=1e-9)
+    targets = torch.stack([a_states[0], b_states[0]])
+    grouped = probe_candidates_many(together, targets, [9, 9], k=2)
+    for f, (states, labels) in enumerate([(a_states, a_labels), (b_states, b_labels)]):
+        alone = fit_probe(states, labels, ridge=1e-2)
+        own = together.scores(targets)[f][:, together.present[f]]
+        assert torch.allclose(own, alone.scores(targets[f][None])[0], atol=1e-9)
+        assert grouped[f] == probe_candidates(alone, targets[f], target=9, k=2)
+    # a class of the other fact only is never a candidate, and ranks count the fact's own classes only
+    assert not any(13 in row or 17 in row for row in grouped[0].top_ids)
+    assert all(r is None or r < 3 for r in grouped[0].rank_top)
+
+
+def test_run_many_equals_each_fact_alone_on_the_micro_model(micro_adapter, micro_benchmark) -> None:
+    records = micro_benchmark.records[:5]
+    for name in ("hp", "pd", "pd2", "probe"):
+        attack = get_attack(name, k=2, **({"n_train": 6} if name == "probe" else {}))
+        alone = [attack.run(AttackContext(micro_adapter, micro_benchmark, r, seed=0)).to_json() for r in records]
+        contexts = [AttackContext(micro_adapter, micro_benchmark, r, seed=0) for r in records]
+        assert [o.to_json() for o in attack.run_many(contexts)] == alone, name
+
+
+def test_run_many_reads_each_fact_inside_its_slot() -> None:
+    """Fact i's readouts are taken while slot i is entered (its own model variant), nothing outside."""
+    records = [_record(0, "two"), _record(1, "one")]
+    lens = {"q0": PROBS.log().float(), "q1": PROBS.flip(-1).log().float()}
+    adapter = StubAdapter(4, {"two": TARGET, "one": 1}, {q: torch.zeros(5, 3) for q in lens}, lens)
+    benchmark = Benchmark("stub", records, StubImages())
+    entered: list[int] = []
+    forwards_at: list[int] = []
+
+    @contextlib.contextmanager
+    def slot(i: int):
+        entered.append(i)
+        before = adapter.forwards
+        yield
+        forwards_at.append(adapter.forwards - before)
+
+    contexts = [AttackContext(adapter, benchmark, r, seed=0) for r in records]
+    outcomes = get_attack("hp", k=1).run_many(contexts, slot)
+    assert entered == [0, 1] and forwards_at == [1, 1]
+    assert [o.details["rank_top"] for o in outcomes] == [
+        get_attack("hp", k=1).run(AttackContext(adapter, benchmark, r, seed=0)).details["rank_top"] for r in records]

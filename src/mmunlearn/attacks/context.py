@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
+import weakref
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ from PIL import Image
 from mmunlearn.data.records import Benchmark, FactRecord
 from mmunlearn.errors import MMUnlearnError
 from mmunlearn.models.adapters.base import VLMInput
+
+# Each token id's text, per tokenizer (decoding one id at a time is most of a lens attack's bookkeeping).
+_TOKEN_TEXTS: weakref.WeakKeyDictionary[Any, dict[int, str]] = weakref.WeakKeyDictionary()
 
 # Per-record (hidden states [n_layers + 1, hidden], answer's first-token id) of one model state.
 StateCache = dict[str, tuple[torch.Tensor, int]]
@@ -83,6 +87,7 @@ class AttackContext:
         self._hidden: torch.Tensor | None = None
         self._lens: torch.Tensor | None = None
         self._probe: dict[int, tuple[torch.Tensor, torch.Tensor, list[str]]] = {}
+        self._probe_records: dict[int, list[FactRecord]] = {}
         self.samples: dict[SampleRequest, str] = {}
 
     # ------------------------------------------------------------------ inputs
@@ -108,8 +113,16 @@ class AttackContext:
         return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
     def decode_tokens(self, ids: list[int]) -> list[str]:
-        """Each token id as text on its own (candidate lists are stored readable)."""
-        return [self.adapter.tokenizer.decode([int(i)]) for i in ids]
+        """Each token id as text on its own (candidate lists are stored readable); decoded once per tokenizer."""
+        tokenizer = self.adapter.tokenizer
+        texts = _TOKEN_TEXTS.setdefault(tokenizer, {})
+        out = []
+        for i in ids:
+            text = texts.get(i)
+            if text is None:
+                text = texts[i] = tokenizer.decode([int(i)])
+            out.append(text)
+        return out
 
     # ------------------------------------------------------------------ the target
 
@@ -158,12 +171,15 @@ class AttackContext:
 
     def probe_records(self, n_records: int) -> list[FactRecord]:
         """A seeded sample of other records: never the target, nor a record asking its exact (image, question)."""
-        key = (self.record.image, self.record.question)
-        others = [r for r in self.benchmark.records if r.id != self.record.id and (r.image, r.question) != key]
-        if not others:
-            raise MMUnlearnError(f"record {self.record.id!r}: the benchmark has no other record to train a probe on")
-        rng = random.Random(f"probe/{self.seed}/{self.record.id}")
-        return rng.sample(others, min(n_records, len(others)))
+        if n_records not in self._probe_records:
+            key = (self.record.image, self.record.question)
+            others = [r for r in self.benchmark.records if r.id != self.record.id and (r.image, r.question) != key]
+            if not others:
+                raise MMUnlearnError(f"record {self.record.id!r}: the benchmark has no other record to train a "
+                                     f"probe on")
+            rng = random.Random(f"probe/{self.seed}/{self.record.id}")
+            self._probe_records[n_records] = rng.sample(others, min(n_records, len(others)))
+        return self._probe_records[n_records]
 
     def missing_states(self, n_records: int) -> list[FactRecord]:
         """The records of `probe_records(n_records)` whose states are not cached yet."""

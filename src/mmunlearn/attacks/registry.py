@@ -7,9 +7,11 @@ a typo fails as one line naming the attack and the parameter, never as a traceba
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import importlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -23,6 +25,14 @@ if TYPE_CHECKING:
 MAX_STORED_CANDIDATES = 128
 
 KINDS = ("whitebox", "blackbox")
+
+# Enters the model variant of fact i of a group (e.g. its edit delta); None = one model for all facts.
+Slot = Callable[[int], AbstractContextManager[Any]]
+
+
+def in_slot(slot: Slot | None, i: int) -> AbstractContextManager[Any]:
+    """`slot(i)`, or the model as it is."""
+    return contextlib.nullcontext() if slot is None else slot(i)
 
 
 @dataclass
@@ -66,6 +76,16 @@ class Attack(abc.ABC):
     def run(self, ctx: AttackContext) -> AttackOutcome:
         """Attack `ctx.record` on `ctx.adapter`'s current weights."""
 
+    def run_many(self, contexts: Sequence[AttackContext], slot: Slot | None = None) -> list[AttackOutcome]:
+        """Attack the fact of each context; `slot(i)` is entered around whatever reads context i's model
+        (each fact of a group may have its own model variant). Attacks that can score a whole group at once
+        (the whitebox ones) override this; outcomes never depend on the group."""
+        out = []
+        for i, ctx in enumerate(contexts):
+            with in_slot(slot, i):
+                out.append(self.run(ctx))
+        return out
+
     def needs(self, ctx: AttackContext) -> Needs:
         """What `run` will read from the model for `ctx` (prefetched in merged calls when declared; what is
         not declared is computed by the context on first use)."""
@@ -78,11 +98,12 @@ class Attack(abc.ABC):
         return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
 
     def outcome(self, success: bool, budget: int, scores: dict[str, bool | float], candidates: Sequence[str],
-                details: dict[str, Any]) -> AttackOutcome:
-        """An outcome stamped with this attack's name, kind and parameters."""
+                details: dict[str, Any], params: dict[str, Any] | None = None) -> AttackOutcome:
+        """An outcome stamped with this attack's name, kind and parameters (`params`, when a caller making
+        many outcomes has taken them once)."""
         return AttackOutcome(attack=self.name, kind=self.kind, success=bool(success), budget=int(budget),
                              scores=scores, candidates=list(candidates)[:MAX_STORED_CANDIDATES],
-                             details={"params": self.params(), **details})
+                             details={"params": dict(self.params() if params is None else params), **details})
 
 
 # ---------------------------------------------------------------------- parameter checks

@@ -8,16 +8,14 @@ restored bit for bit between edits). Each phase yields plain JSON rows, one per 
 
 from __future__ import annotations
 
-import contextlib
 import random
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from mmunlearn.attacks.context import AttackContext, Route, StateCache, routing
 from mmunlearn.attacks.prefetch import prefetch
-from mmunlearn.attacks.registry import Attack
+from mmunlearn.attacks.registry import Attack, Slot
 from mmunlearn.attacks.relearning import Relearning
 from mmunlearn.data.records import Benchmark, FactRecord
 from mmunlearn.defenses.batched_editor import BatchedEditor
@@ -173,20 +171,18 @@ class Protocol:
         return self.attack_many([plan], defense, [cache])[0]
 
     def attack_many(self, plans: Sequence[FactPlan], defense: Defense | None, caches: Sequence[StateCache],
-                    route: Route | None = None, slot: Callable[[int], AbstractContextManager[Any]] | None = None,
+                    route: Route | None = None, slot: Slot | None = None,
                     ) -> list[list[dict[str, Any]]]:
         """Every attack on every fact: the model readouts of all of them in merged calls (`prefetch`), then
-        each attack per fact inside `slot(i)` (so anything not prefetched still reads fact i's model), then
+        each attack on all facts (`Attack.run_many`: whatever reads fact i's model does so inside `slot(i)`), then
         relearning for all of them at once (fact i through slot i of the relearner's router)."""
         contexts = [AttackContext(self.adapter, self.benchmark, p.record, seed=self.config.seed, state_cache=c)
                     for p, c in zip(plans, caches)]
         prefetch(contexts, list(self.attacks.values()), route)
         label = defense.name if defense else "none"
-        out = []
-        for i, (plan, ctx) in enumerate(zip(plans, contexts)):
-            with contextlib.nullcontext() if slot is None else slot(i):
-                out.append([{"type": "attack", "fact": plan.record.id, "defense": label,
-                             **attack.run(ctx).to_json(), "attack": name} for name, attack in self.attacks.items()])
+        outcomes = {name: attack.run_many(contexts, slot) for name, attack in self.attacks.items()}
+        out = [[{"type": "attack", "fact": plan.record.id, "defense": label, **outcomes[name][i].to_json(),
+                 "attack": name} for name in self.attacks] for i, plan in enumerate(plans)]
         if self.relearn is not None:
             relearned = self.relearn.attack_many(self.benchmark, [p.record for p in plans])
             for rows, plan, result in zip(out, plans, relearned):
