@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import hashlib
 import importlib
 import inspect
@@ -521,22 +522,28 @@ class VLMAdapter(abc.ABC):
 
     def _probe(self, items: Sequence[VLMInput], hidden: bool, lens: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass per batch; the hidden states and/or the logit lens of it (empty tensors if not asked)."""
-        h_parts: dict[int, torch.Tensor] = {}
-        l_parts: dict[int, torch.Tensor] = {}
+        order: list[int] = []
+        h_blocks: list[torch.Tensor] = []
+        l_blocks: list[torch.Tensor] = []
         with torch.no_grad():
             for group in self._groups(len(items), [it.image is not None for it in items]):
                 states = self._last_prompt_states(self.format([items[i] for i in group], for_generation=True))
-                h_block = torch.stack([h.float().cpu() for h in states], dim=1) if hidden else None
-                l_block = self._lens(states) if lens else None
-                for b, i in enumerate(group):
-                    if h_block is not None:
-                        h_parts[i] = h_block[b]
-                    if l_block is not None:
-                        l_parts[i] = l_block[b]
-        order = range(len(items))
-        empty = torch.empty(0)
-        return (torch.stack([h_parts[i] for i in order]) if hidden else empty,
-                torch.stack([l_parts[i] for i in order]) if lens else empty)
+                stacked = torch.stack(states, dim=1)  # [batch, n_layers + 1, hidden]
+                if hidden:
+                    h_blocks.append(stacked.float().cpu())
+                if lens:
+                    l_blocks.append(self.lens_logprobs(stacked, range(len(states))).cpu())
+                order += group
+        # Rows back in item order (groups may split items by modality).
+        back = None if order == list(range(len(items))) else torch.argsort(torch.tensor(order))
+
+        def in_order(blocks: list[torch.Tensor]) -> torch.Tensor:
+            if not blocks:
+                return torch.empty(0)
+            rows = torch.cat(blocks)
+            return rows if back is None else rows[back]
+
+        return in_order(h_blocks), in_order(l_blocks)
 
     def hidden_states(self, items: Sequence[VLMInput]) -> torch.Tensor:
         """Residual stream at the last prompt position for every layer: [batch, n_layers + 1, hidden], fp32."""
@@ -554,15 +561,13 @@ class VLMAdapter(abc.ABC):
         """`hidden_states` and `logit_lens` of the same single forward pass, for attacks that read both."""
         return self._probe(items, hidden=True, lens=True)
 
+    @functools.cached_property
     def _last_is_normed(self) -> bool:
         for cfg in (self.text_config, self.model.config):
             flag = getattr(cfg, "tie_last_hidden_states", None)
             if flag is not None:
                 return bool(flag)
         return True
-
-    def _lens(self, states: list[torch.Tensor]) -> torch.Tensor:
-        return self.lens_logprobs(torch.stack(states, dim=1), range(len(states))).cpu()
 
     def lens_logprobs(self, states: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
         """Logit lens of hidden states [batch, n, hidden] taken at hidden-state `indices`: [batch, n, vocab].
@@ -574,7 +579,7 @@ class VLMAdapter(abc.ABC):
         names = self.module_names()
         norm = self.model.get_submodule(names.final_norm)
         head = self.model.get_output_embeddings()
-        last = self.num_layers if self._last_is_normed() else None
+        last = self.num_layers if self._last_is_normed else None
         states = states.to(next(norm.parameters()).device)
         skip = torch.tensor([i == last for i in indices], device=states.device)
         normed = torch.where(skip[None, :, None], states, norm(states))
