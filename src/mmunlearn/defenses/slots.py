@@ -126,13 +126,28 @@ class SlotFullDelta(nn.Module):
         if rows is None:
             return out
         index = torch.where(rows >= 0, self.slot_of[rows.clamp_min(0)], -1)
-        # One matmul per change over its own rows: gathering a [batch, out, in] weight per row would copy
-        # (and in the backward pass scatter) a full matrix for every row.
-        for k in torch.unique(index).tolist():
-            if k >= 0:
-                sel = (index == k).nonzero(as_tuple=True)[0]
-                out = out.index_add(0, sel, x[sel] @ self.delta[k].T)
-        return out
+        active = (index >= 0).nonzero(as_tuple=True)[0]
+        if active.numel() == 0:
+            return out
+        # Each change's rows are packed into its own block of a zero-padded [n, most rows, ...] tensor, so
+        # one batched matmul applies every change to its rows. Gathering a [batch, out, in] weight per row
+        # instead would copy (and in the backward pass scatter) a full matrix for every row; a loop over the
+        # changes costs a few small ops per change and layer.
+        owner = index[active]
+        counts = torch.bincount(owner, minlength=self.delta.shape[0])
+        starts = torch.cumsum(counts, 0) - counts
+        order = torch.argsort(owner, stable=True)
+        place = torch.empty_like(order)
+        place[order] = torch.arange(len(order), device=order.device)
+        block = int(counts.max())
+        where = owner * block + place - starts[owner]  # each active row's place in its change's block
+        # index_select / index_copy / index_add only: their backward passes are the same cheap ops, where
+        # advanced indexing would accumulate gradients through the slow index_put path.
+        n = self.delta.shape[0]
+        packed = x.new_zeros(n * block, *x.shape[1:]).index_copy(0, where, x.index_select(0, active))
+        changed = packed.view(n, -1, x.shape[-1]) @ self.delta.transpose(1, 2)  # [n, rows * positions, out]
+        changed = changed.view(n * block, *x.shape[1:-1], -1)
+        return out.index_add(0, active, changed.index_select(0, where))
 
 
 def wrap_modules(model: nn.Module, names: Sequence[str], make: type[nn.Module] | object) -> list[nn.Module]:
