@@ -794,14 +794,16 @@ def _normalisation(image_processor: Any, device: torch.device) -> tuple[torch.Te
     return as_tensor(mean), as_tensor(std)
 
 
-def _answer_logprob(adapter: VLMAdapter, inputs: dict[str, torch.Tensor], pixels: torch.Tensor,
-                    span: tuple[int, int]) -> torch.Tensor:
-    """Summed log-probability of the teacher-forced answer (row 0) given `pixels`."""
+def _answer_logprobs(adapter: VLMAdapter, inputs: dict[str, torch.Tensor], pixels: torch.Tensor,
+                     spans: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Summed log-probability of each row's teacher-forced answer given its `pixels`: [rows]."""
     logits = adapter.model(**{**inputs, "pixel_values": pixels.to(adapter.dtype)}).logits
-    start, end = span
-    target = inputs["input_ids"][0, start:end]
-    logp = logits[0, start - 1:end - 1].float().log_softmax(-1)
-    return logp.gather(-1, target[:, None].to(logp.device)).sum()
+    ids = inputs["input_ids"]
+    out = []
+    for row, (start, end) in enumerate(spans):
+        logp = logits[row, start - 1:end - 1].float().log_softmax(-1)
+        out.append(logp.gather(-1, ids[row, start:end, None].to(logp.device)).sum())
+    return torch.stack(out)
 
 
 def _to_image(x: torch.Tensor, x0: torch.Tensor, epsilon: float) -> Image.Image:
@@ -862,49 +864,79 @@ class PGDImageSuite(Suite):
             return style.figstep_prompt
         return style.rephrased(prompt, composite=False)
 
+    def build_all(self, safety_set: SafetySet, adapter: VLMAdapter | None = None) -> list[AttackInput]:
+        """Every prompt's adversarial image, the prompts attacked together (one batched forward/backward per
+        step for up to `adapter.batch_size` of them: each image's gradient depends on its own row only)."""
+        if adapter is None:
+            raise ConfigError(f"suite {self.name!r} runs the model: pass build_all(..., adapter=...)")
+        return self._attack_prompts(list(safety_set), safety_set, adapter)
+
     def _build(self, prompt: SafetyPrompt, safety_set: SafetySet,
                adapter: VLMAdapter | None) -> list[AttackInput]:
         assert adapter is not None
-        style = style_for(safety_set)
-        text = self._text(prompt, style)
-        if not prompt.harmful_answer or text is None:
-            return []
-        start, origin = self._start_image(prompt, safety_set, style)
-        image, stats = self.attack(adapter, start, text, prompt.harmful_answer, _seed("pgd-init", self.seed,
-                                                                                           prompt.id))
-        return [self._input(prompt, image, text, start_image=origin, request_kind=self.request, style=style.name,
-                            **stats)]
+        return self._attack_prompts([prompt], safety_set, adapter)
 
-    def attack(self, adapter: VLMAdapter, start: Image.Image, text: str, answer: str,
-               seed: int) -> tuple[Image.Image, dict[str, Any]]:
-        """The adversarial image for (start, text) pushing `answer`, and the before/after statistics."""
-        batch = adapter.format([VLMInput(start, text, answer)], for_generation=False)
+    def _attack_prompts(self, prompts: Sequence[SafetyPrompt], safety_set: SafetySet,
+                        adapter: VLMAdapter) -> list[AttackInput]:
+        style = style_for(safety_set)
+        jobs = []
+        for prompt in prompts:
+            text = self._text(prompt, style)
+            if prompt.harmful_answer and text is not None:
+                start, origin = self._start_image(prompt, safety_set, style)
+                jobs.append((prompt, text, start, origin))
+        out = []
+        for first in range(0, len(jobs), max(1, adapter.batch_size)):
+            chunk = jobs[first:first + max(1, adapter.batch_size)]
+            attacked = self.attack_many(adapter, [start for _, _, start, _ in chunk], [text for _, text, _, _ in chunk],
+                                        [str(prompt.harmful_answer) for prompt, _, _, _ in chunk],
+                                        [_seed("pgd-init", self.seed, prompt.id) for prompt, _, _, _ in chunk])
+            out += [self._input(prompt, image, text, start_image=origin, request_kind=self.request,
+                                style=style.name, **stats)
+                    for (prompt, text, _, origin), (image, stats) in zip(chunk, attacked)]
+        return out
+
+    def attack_many(self, adapter: VLMAdapter, starts: Sequence[Image.Image], texts: Sequence[str],
+                    answers: Sequence[str], seeds: Sequence[int]) -> list[tuple[Image.Image, dict[str, Any]]]:
+        """The adversarial image for each (start, text) pushing its `answer`, and the before/after statistics;
+        the rows share one batch, each with its own image, random start (`seeds`) and steps."""
+        if not starts:
+            return []
+        rows = [VLMInput(start, text, answer) for start, text, answer in zip(starts, texts, answers)]
+        batch = adapter.format(rows, for_generation=False)
         inputs = batch.model_inputs()
         pixels = inputs.get("pixel_values")
-        if pixels is None or pixels.dim() != 4 or pixels.shape[:2] != (1, 3):
-            shape = None if pixels is None else tuple(pixels.shape)
-            raise ConfigError(f"suite 'pgd_image' needs pixel_values of shape [1, 3, H, W]; {adapter.name!r} "
-                              f"gives {shape}")
+        if pixels is None or pixels.dim() != 4 or pixels.shape[:2] != (len(rows), 3):
+            shape = None if pixels is None else tuple(pixels[:1].shape)
+            raise ConfigError(f"suite 'pgd_image' needs pixel_values of shape [1, 3, H, W] per image; "
+                              f"{adapter.name!r} gives {shape}")
         mean, std = _normalisation(adapter.image_processor, pixels.device)
-        x0 = torch.round((pixels[0].float() * std + mean).clamp(0, 1) * 255) / 255
+        x0 = torch.round((pixels.float() * std + mean).clamp(0, 1) * 255) / 255  # [rows, 3, H, W]
         x = x0.clone()
         with _pixels_only(adapter.model):
             if self.random_start and self.epsilon > 0:
-                noise = torch.rand(x0.shape, generator=torch.Generator().manual_seed(seed))
+                noise = torch.stack([torch.rand(x0.shape[1:], generator=torch.Generator().manual_seed(seed))
+                                     for seed in seeds])
                 x = (x0 + (2 * noise.to(x0.device) - 1) * self.epsilon).clamp(0, 1)
             for _ in range(self.steps):
                 x.requires_grad_(True)
-                logp = _answer_logprob(adapter, inputs, ((x - mean) / std)[None], batch.answer_spans[0])
-                (grad,) = torch.autograd.grad(logp, x)
+                logp = _answer_logprobs(adapter, inputs, (x - mean) / std, batch.answer_spans)
+                (grad,) = torch.autograd.grad(logp.sum(), x)
                 x = x.detach() + self.step_size * grad.sign()
                 x = torch.minimum(torch.maximum(x, x0 - self.epsilon), x0 + self.epsilon).clamp(0, 1)
-            image = _to_image(x.detach(), x0, self.epsilon)
-            before, after = adapter.answer_logprobs([VLMInput(start, text, answer), VLMInput(image, text, answer)])
-        adv = adapter.format([VLMInput(image, text, None)], for_generation=True).inputs["pixel_values"][0]
-        linf = float(((adv.float() * std + mean) - x0).abs().max())
-        n = max(1, len(before.token_ids))
-        stats = {"epsilon": self.epsilon, "steps": self.steps, "step_size": self.step_size,
-                 "logprob_before": before.total, "logprob_after": after.total,
-                 "loss_before": -before.total / n, "loss_after": -after.total / n, "linf": linf,
-                 "answer_tokens": len(before.token_ids)}
-        return image, stats
+            images = [_to_image(x[i].detach(), x0[i], self.epsilon) for i in range(len(rows))]
+            scores = adapter.answer_logprobs([*rows, *(VLMInput(image, text, answer) for image, text, answer
+                                                       in zip(images, texts, answers))])
+        adv = adapter.format([VLMInput(image, text, None) for image, text in zip(images, texts)],
+                             for_generation=True).inputs["pixel_values"]
+        out = []
+        for i, image in enumerate(images):
+            before, after = scores[i], scores[len(rows) + i]
+            linf = float(((adv[i].float() * std + mean) - x0[i]).abs().max())
+            n = max(1, len(before.token_ids))
+            stats = {"epsilon": self.epsilon, "steps": self.steps, "step_size": self.step_size,
+                     "logprob_before": before.total, "logprob_after": after.total,
+                     "loss_before": -before.total / n, "loss_after": -after.total / n, "linf": linf,
+                     "answer_tokens": len(before.token_ids)}
+            out.append((image, stats))
+        return out
