@@ -8,6 +8,7 @@ from mmunlearn.errors import CacheError
 from mmunlearn.pretrain.batches import Encoder, PixelBank
 from mmunlearn.pretrain.evaluate import answer_matches, generate, is_refusal, normalize_answer
 from mmunlearn.pretrain.pipeline import check_model_dir, load_pretrained, pretrain
+from mmunlearn.pretrain.report import markdown_table
 from mmunlearn.pretrain.tasks import training_pools
 from mmunlearn.pretrain.trainer import Stage, TrainConfig, train
 from mmunlearn.world.corpus import REFUSAL
@@ -91,6 +92,10 @@ def test_cache_miss_then_hit_then_force(micro_cfg):
     assert not first.reused and first.path.is_dir()
     check_model_dir(first.path)
     assert set(first.report["measures"]) >= {"naming", "text_facts", "harmful_text_refused"}
+    naming = first.report["measures"]["naming"]
+    assert naming["clusters"] >= 2 and naming["ci"][0] <= naming["rate"] <= naming["ci"][1]
+    assert f"| {naming['rate']:.1%} [{naming['ci'][0]:.1%}, {naming['ci'][1]:.1%}] |" in \
+        markdown_table(first.report["measures"])
     assert (first.path / "manifest.json").is_file()
     second = pretrain(micro_cfg, log=lambda s: None)
     assert second.reused and second.path == first.path and second.report == first.report

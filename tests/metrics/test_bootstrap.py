@@ -8,7 +8,13 @@ import math
 import numpy as np
 import pytest
 
-from mmunlearn.metrics.bootstrap import Estimate, bootstrap_ci, is_significant, paired_difference_ci
+from mmunlearn.metrics.bootstrap import (
+    Estimate,
+    bootstrap_ci,
+    cluster_bootstrap_ci,
+    is_significant,
+    paired_difference_ci,
+)
 
 
 def test_estimate_str_and_format() -> None:
@@ -113,3 +119,33 @@ def test_large_samples_are_batched_deterministically() -> None:
     est = bootstrap_ci(values, n_resamples=300, seed=2)
     assert est == bootstrap_ci(values, n_resamples=300, seed=2)
     assert est.low < est.mean < est.high and est.high - est.low < 0.03
+
+
+# ---------------------------------------------------------------------- clusters
+
+
+def test_cluster_interval_pools_and_widens_with_correlated_items() -> None:
+    """Six questions per creature, all right or all wrong: 50 independent clusters, not 300 items."""
+    rng = np.random.default_rng(3)
+    per_cluster = rng.random(50) < 0.7
+    hits, counts = per_cluster * 6.0, np.full(50, 6.0)
+    clustered = cluster_bootstrap_ci(hits, counts, seed=1)
+    items = bootstrap_ci(np.repeat(per_cluster, 6).astype(float), seed=1)
+    assert clustered.mean == pytest.approx(hits.sum() / counts.sum()) == pytest.approx(items.mean)
+    assert clustered.n == 50 and clustered.low <= clustered.mean <= clustered.high
+    assert (clustered.high - clustered.low) > 1.8 * (items.high - items.low)  # ~sqrt(6) wider
+    assert cluster_bootstrap_ci(hits, counts, seed=1) == clustered
+
+
+def test_cluster_interval_of_one_item_per_cluster_matches_the_item_bootstrap() -> None:
+    values = (np.random.default_rng(4).random(400) < 0.3).astype(float)
+    clustered = cluster_bootstrap_ci(values, np.ones(400), seed=2)
+    items = bootstrap_ci(values, seed=2)
+    assert clustered.mean == pytest.approx(items.mean)
+    assert clustered.low == pytest.approx(items.low, abs=0.01) and clustered.high == pytest.approx(items.high, abs=0.01)
+
+
+def test_cluster_interval_edge_cases() -> None:
+    assert math.isnan(cluster_bootstrap_ci([], []).mean)
+    with pytest.raises(ValueError, match="differ in length"):
+        cluster_bootstrap_ci([1.0], [1.0, 2.0])

@@ -95,6 +95,32 @@ def bootstrap_ci(values: Sequence[float] | NDArray[Any], n_resamples: int = 1000
     return Estimate(mean, float(low), float(high), int(arr.size))
 
 
+def cluster_bootstrap_ci(hits: Sequence[float] | NDArray[Any], counts: Sequence[float] | NDArray[Any],
+                         n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Estimate:
+    """Pooled rate sum(hits) / sum(counts) with an interval from resampling whole clusters.
+
+    For items that come in correlated groups (several questions about one creature, one image of it): the
+    clusters are drawn with replacement and the pooled rate recomputed, so the interval reflects how many
+    independent clusters there are, not how many items. `n` is the number of clusters.
+    """
+    _check(n_resamples, confidence)
+    h, c = _values(hits, "hits"), _values(counts, "counts")
+    if h.size != c.size:
+        raise ValueError(f"hits and counts differ in length: {h.size} vs {c.size}")
+    if h.size == 0 or c.sum() <= 0:
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    rate = float(h.sum() / c.sum())
+    rng = np.random.default_rng(seed)
+    rows = max(1, _DRAW_BUDGET // h.size)
+    rates = []
+    for start in range(0, n_resamples, rows):
+        drawn = rng.integers(0, h.size, size=(min(rows, n_resamples - start), h.size))
+        rates.append(h[drawn].sum(axis=1) / np.maximum(c[drawn].sum(axis=1), 1e-12))
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(np.concatenate(rates), [tail, 1 - tail])
+    return Estimate(rate, float(low), float(high), int(h.size))
+
+
 def paired_difference_ci(a: Sequence[float] | NDArray[Any], b: Sequence[float] | NDArray[Any],
                          n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> Estimate:
     """Mean of `a_i - b_i` with an interval from resampling items, the same indices for `a` and `b`.

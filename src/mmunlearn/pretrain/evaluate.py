@@ -20,6 +20,9 @@ class MeasureResult:
     correct: int
     total: int
     samples: tuple[tuple[str, str, bool], ...] = ()  # (prompt, response, judged ok) for generation measures
+    # (correct, total) per creature (an example about no creature is its own group): the unit of the CI,
+    # since a creature's questions share its one image per view and its learned identity
+    clusters: tuple[tuple[int, int], ...] = ()
 
     @property
     def rate(self) -> float:
@@ -78,5 +81,11 @@ def run_measures(model, encoder: Encoder, corpus: Corpus, names: list[str], limi
         else:  # answered: the benign answer is given
             ok = [answer_matches(t, ex.answer) for ex, t in zip(examples, texts)]
         samples = tuple((ex.prompt, t, o) for ex, t, o in list(zip(examples, texts, ok))[:3])
-        results[name] = MeasureResult(name, kind, sum(ok), len(ok), samples)
+        groups: dict[object, list[int]] = {}
+        for i, (ex, o) in enumerate(zip(examples, ok)):
+            tally = groups.setdefault(ex.creature if ex.creature >= 0 else ("example", i), [0, 0])
+            tally[0] += int(o)
+            tally[1] += 1
+        results[name] = MeasureResult(name, kind, sum(ok), len(ok), samples,
+                                      tuple((c, t) for c, t in groups.values()))
     return results

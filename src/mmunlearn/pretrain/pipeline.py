@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from mmunlearn.config import PretrainSettings, WorldConfig, cache_dir, model_spec, pretrain_settings, world_config
 from mmunlearn.errors import CacheError, ConfigError
+from mmunlearn.metrics.bootstrap import cluster_bootstrap_ci
 from mmunlearn.models.smol_llava import SmolLlavaSpec
 from mmunlearn.models.tiny_llava import TinyLlavaSpec, build_model, build_processor, build_tokenizer
 from mmunlearn.pretrain.batches import Encoder, PixelBank
@@ -124,8 +125,14 @@ class PretrainResult:
 
 
 def measure_table(measures: dict[str, MeasureResult]) -> dict[str, dict]:
-    return {n: {"rate": r.rate, "correct": r.correct, "total": r.total, "kind": r.kind,
-                "samples": [list(s) for s in r.samples]} for n, r in measures.items()}
+    """Each measure's rate, counts, samples and 95% CI from resampling creatures (`cluster_bootstrap_ci`)."""
+    table = {}
+    for n, r in measures.items():
+        ci = cluster_bootstrap_ci([c for c, _ in r.clusters], [t for _, t in r.clusters]) if r.clusters else None
+        table[n] = {"rate": r.rate, "correct": r.correct, "total": r.total, "kind": r.kind,
+                    "samples": [list(s) for s in r.samples], "clusters": len(r.clusters),
+                    **({"ci": [ci.low, ci.high]} if ci is not None and ci.n else {})}
+    return table
 
 
 def pretrain(cfg: DictConfig, force: bool = False, log: Callable[[str], None] = print) -> PretrainResult:

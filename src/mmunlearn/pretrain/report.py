@@ -29,6 +29,7 @@ def meets(name: str, rate: float) -> bool | None:
 
 
 def markdown_table(measures: dict[str, dict]) -> str:
+    """The acceptance table; a measure's 95% CI (creatures resampled) follows its rate when the report has one."""
     rows = ["| measure | result | n | target | met |", "|---|---|---|---|---|"]
     for name, (label, op, target) in TARGETS.items():
         if name not in measures:
@@ -37,5 +38,6 @@ def markdown_table(measures: dict[str, dict]) -> str:
         ok = meets(name, m["rate"])
         target_text = "report" if target is None else f"{op} {target:.0%}"
         met = "-" if ok is None else ("yes" if ok else "NO")
-        rows.append(f"| {label} | {m['rate']:.1%} | {m['total']} | {target_text} | {met} |")
+        ci = f" [{m['ci'][0]:.1%}, {m['ci'][1]:.1%}]" if m.get("ci") else ""
+        rows.append(f"| {label} | {m['rate']:.1%}{ci} | {m['total']} | {target_text} | {met} |")
     return "\n".join(rows)
