@@ -129,10 +129,11 @@ class SlotFullDelta(nn.Module):
         active = (index >= 0).nonzero(as_tuple=True)[0]
         if active.numel() == 0:
             return out
-        # Each change's rows are packed into its own block of a zero-padded [n, most rows, ...] tensor, so
-        # one batched matmul applies every change to its rows. Gathering a [batch, out, in] weight per row
-        # instead would copy (and in the backward pass scatter) a full matrix for every row; a loop over the
-        # changes costs a few small ops per change and layer.
+        # Each change's rows are packed into its own block of a zero-padded [n * most rows, ...] tensor, so
+        # one batched matmul applies every change to its rows (a [batch, out, in] weight gathered per row
+        # would copy, and in the backward pass scatter, a full matrix per row). Only index_select /
+        # index_copy / index_add move rows: their backward passes are the same cheap ops, where advanced
+        # indexing would accumulate gradients through the slow index_put path.
         owner = index[active]
         counts = torch.bincount(owner, minlength=self.delta.shape[0])
         starts = torch.cumsum(counts, 0) - counts
@@ -141,8 +142,6 @@ class SlotFullDelta(nn.Module):
         place[order] = torch.arange(len(order), device=order.device)
         block = int(counts.max())
         where = owner * block + place - starts[owner]  # each active row's place in its change's block
-        # index_select / index_copy / index_add only: their backward passes are the same cheap ops, where
-        # advanced indexing would accumulate gradients through the slow index_put path.
         n = self.delta.shape[0]
         packed = x.new_zeros(n * block, *x.shape[1:]).index_copy(0, where, x.index_select(0, active))
         changed = packed.view(n, -1, x.shape[-1]) @ self.delta.transpose(1, 2)  # [n, rows * positions, out]
