@@ -98,12 +98,11 @@ class Attack(abc.ABC):
         return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
 
     def outcome(self, success: bool, budget: int, scores: dict[str, bool | float], candidates: Sequence[str],
-                details: dict[str, Any], params: dict[str, Any] | None = None) -> AttackOutcome:
-        """An outcome stamped with this attack's name, kind and parameters (`params`, when a caller making
-        many outcomes has taken them once)."""
+                details: dict[str, Any]) -> AttackOutcome:
+        """An outcome stamped with this attack's name, kind and parameters."""
         return AttackOutcome(attack=self.name, kind=self.kind, success=bool(success), budget=int(budget),
                              scores=scores, candidates=list(candidates)[:MAX_STORED_CANDIDATES],
-                             details={"params": dict(self.params() if params is None else params), **details})
+                             details={"params": self.params(), **details})
 
 
 # ---------------------------------------------------------------------- parameter checks

@@ -376,7 +376,6 @@ class _LensAttack(_GroupAttack):
             if self.order == 0 else []
         # Which listed layers each distribution combines (a layer, a pair, a triple), for plots.
         combined = [layers[d:d + self.order + 1] for d in range(len(layers) - self.order)]
-        params = self.params()
         out = []
         for f, (ctx, c, target) in enumerate(zip(contexts, found, targets)):
             details = _common_details(ctx, c, layers, target, bottom=True)
@@ -384,7 +383,7 @@ class _LensAttack(_GroupAttack):
             if everywhere:
                 details["rank_all_layers"] = everywhere[f]
             out.append(self.outcome(c.topk_or_bottomk, c.budgets()["topk_or_bottomk"], _lens_scores(c),
-                                    ctx.decode_tokens(c.ids()), details, params))
+                                    ctx.decode_tokens(c.ids()), details))
         return out
 
 
@@ -446,7 +445,6 @@ class HiddenStateProbe(_GroupAttack):
     def score(self, contexts: Sequence[AttackContext], readouts: list[Any]) -> list[AttackOutcome]:
         layers = resolve_layers(self.name, self.layers, contexts[0].num_layers)
         out: list[AttackOutcome | None] = [None] * len(contexts)
-        params = self.params()
         for chunk in _probe_chunks([r[0] for r in readouts], len(layers)):
             states = torch.stack([readouts[i][0][:, layers] for i in chunk])  # [F, n, L, H]
             targets = torch.stack([readouts[i][1] for i in chunk])  # [F, n]
@@ -456,16 +454,16 @@ class HiddenStateProbe(_GroupAttack):
                                           self.k)
             train_pred = probe.classes[probe.train_scores.argmax(-1)]  # [F, n, L]
             accuracy = (train_pred == targets[..., None]).double().mean(1).tolist()
-            in_classes = ((probe.classes == torch.tensor(wanted)[:, None]) & probe.present).any(-1).tolist()
             counts = probe.n_classes
             for f, i in enumerate(chunk):
                 ctx, c, ids = contexts[i], found[f], readouts[i][2]
                 details = _common_details(ctx, c, layers, wanted[f], bottom=False)
                 details.update(n_train=len(ids), train_records=ids, n_classes=counts[f],
-                               target_in_classes=in_classes[f], train_accuracy=accuracy[f])
+                               target_in_classes=c.rank_top[0] is not None,  # ranked at every layer iff a class
+                               train_accuracy=accuracy[f])
                 scores: dict[str, bool | float] = {"top1": c.top1, "topk": c.topk}
                 out[i] = self.outcome(c.topk, c.budgets()["topk"], scores, ctx.decode_tokens(c.ids(bottom=False)),
-                                      details, params)
+                                      details)
         return out  # type: ignore[return-value]
 
 

@@ -8,7 +8,7 @@ drawn indices for both conditions, so item difficulty cancels out.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,13 +67,16 @@ def _check(n_resamples: int, confidence: float) -> None:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence}")
 
 
-def _resampled_means(arr: NDArray[np.float64], n_resamples: int, seed: int) -> NDArray[np.float64]:
+def _draws(n: int, n_resamples: int, seed: int) -> Iterator[NDArray[np.int64]]:
+    """Resampled index rows [batch, n], in batches of at most `_DRAW_BUDGET` values."""
     rng = np.random.default_rng(seed)
-    n = arr.size
     rows = max(1, _DRAW_BUDGET // n)
-    means = [arr[rng.integers(0, n, size=(min(rows, n_resamples - start), n))].mean(axis=1)
-             for start in range(0, n_resamples, rows)]
-    return np.concatenate(means)
+    for start in range(0, n_resamples, rows):
+        yield rng.integers(0, n, size=(min(rows, n_resamples - start), n))
+
+
+def _resampled_means(arr: NDArray[np.float64], n_resamples: int, seed: int) -> NDArray[np.float64]:
+    return np.concatenate([arr[drawn].mean(axis=1) for drawn in _draws(arr.size, n_resamples, seed)])
 
 
 def bootstrap_ci(values: Sequence[float] | NDArray[Any], n_resamples: int = 1000, confidence: float = 0.95,
@@ -110,12 +113,8 @@ def cluster_bootstrap_ci(hits: Sequence[float] | NDArray[Any], counts: Sequence[
     if h.size == 0 or c.sum() <= 0:
         return Estimate(math.nan, math.nan, math.nan, 0)
     rate = float(h.sum() / c.sum())
-    rng = np.random.default_rng(seed)
-    rows = max(1, _DRAW_BUDGET // h.size)
-    rates = []
-    for start in range(0, n_resamples, rows):
-        drawn = rng.integers(0, h.size, size=(min(rows, n_resamples - start), h.size))
-        rates.append(h[drawn].sum(axis=1) / np.maximum(c[drawn].sum(axis=1), 1e-12))
+    rates = [h[drawn].sum(axis=1) / np.maximum(c[drawn].sum(axis=1), 1e-12)
+             for drawn in _draws(h.size, n_resamples, seed)]
     tail = (1 - confidence) / 2
     low, high = np.quantile(np.concatenate(rates), [tail, 1 - tail])
     return Estimate(rate, float(low), float(high), int(h.size))

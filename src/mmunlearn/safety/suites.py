@@ -495,9 +495,12 @@ class Suite(abc.ABC):
 
     def build(self, prompt: SafetyPrompt, set: SafetySet, adapter: VLMAdapter | None = None) -> list[AttackInput]:
         """The attack inputs of one prompt (empty when the prompt lacks what this form needs)."""
-        if self.needs_model and adapter is None:
-            raise ConfigError(f"suite {self.name!r} runs the model: pass build(..., adapter=...)")
+        self._check_model(adapter)
         return self._build(prompt, set, adapter)
+
+    def _check_model(self, adapter: VLMAdapter | None) -> None:
+        if self.needs_model and adapter is None:
+            raise ConfigError(f"suite {self.name!r} runs the model: pass adapter=...")
 
     def build_all(self, safety_set: SafetySet, adapter: VLMAdapter | None = None) -> list[AttackInput]:
         """The attack inputs of every prompt of a set, in prompt order."""
@@ -867,8 +870,8 @@ class PGDImageSuite(Suite):
     def build_all(self, safety_set: SafetySet, adapter: VLMAdapter | None = None) -> list[AttackInput]:
         """Every prompt's adversarial image, the prompts attacked together (one batched forward/backward per
         step for up to `adapter.batch_size` of them: each image's gradient depends on its own row only)."""
-        if adapter is None:
-            raise ConfigError(f"suite {self.name!r} runs the model: pass build_all(..., adapter=...)")
+        self._check_model(adapter)
+        assert adapter is not None
         return self._attack_prompts(list(safety_set), safety_set, adapter)
 
     def _build(self, prompt: SafetyPrompt, safety_set: SafetySet,
