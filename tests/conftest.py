@@ -20,7 +20,7 @@ MICRO_OVERRIDES = [
     "model.vision_heads=2", "model.text_hidden=32", "model.text_layers=2", "model.text_heads=2",
     "pretrain.batch_size=16", "pretrain.stages.0.steps=3", "pretrain.stages.1.steps=3",
     "pretrain.stages.2.steps=3", "pretrain.eval_limit=8", "pretrain.n_augment=2", "pretrain.n_text_variants=2",
-    "pretrain.warmup_steps=2",
+    "pretrain.warmup_steps=2", "pretrain.vision_warmup.steps=3", "pretrain.vision_warmup.renderings=2",
 ]
 
 

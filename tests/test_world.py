@@ -55,6 +55,10 @@ def test_paraphrase_tiers_grow_in_strength_and_are_fixed():
         assert paraphrase_view(0, 3, tier) == paraphrase_view(0, 3, tier)
     easy, hard = paraphrase_view(0, 3, "easy"), paraphrase_view(0, 3, "hard")
     assert hard.occlusion > 0 and hard.outline and easy.occlusion == 0 and not easy.outline
+    # other draws of a tier: other views of the same recipe; draw 0 is the benchmark's view
+    assert paraphrase_view(0, 3, "hard", draw=0) == hard
+    others = [paraphrase_view(0, 3, "hard", draw=d) for d in range(1, 4)]
+    assert len({hard, *others}) == 4 and all(v.occlusion > 0 and v.outline for v in others)
 
 
 def test_rendering_is_deterministic_and_views_differ():
@@ -82,6 +86,25 @@ def test_image_keys_render():
         assert render_key(world, key, 32).size == (32, 32)
     with pytest.raises(ValueError):
         render_key(world, ImageKey("creature", 1, "train"), 32)
+
+
+def _word_edits(a: list[str], b: list[str]) -> int:
+    row = list(range(len(b) + 1))
+    for i, wa in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, wb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (wa != wb))
+    return row[-1]
+
+
+def test_no_sentence_prompt_is_a_word_or_two_from_a_heldout_question():
+    """A training prompt answered with a sentence must not be a near copy of a held-out question (answered
+    with a word): the model would carry the sentence format over and the paraphrase measure would fail."""
+    corpus = Corpus(generate_world(0, 12), Splits.make(generate_world(0, 12), 0.2))
+    questions = [ex.prompt.split() for ex in corpus.text_facts("heldout")]
+    for statement in corpus.fact_statements():
+        assert min(_word_edits(statement.prompt.split(), q) for q in questions) >= 3, statement.prompt
+    assert _word_edits("tell me about the diet of x .".split(), "tell me the diet of x .".split()) == 1
 
 
 def test_heldout_templates_use_only_training_words():

@@ -21,6 +21,7 @@ from mmunlearn.models.smol_llava import SmolLlavaSpec
 from mmunlearn.models.tiny_llava import TinyLlavaSpec
 from mmunlearn.pretrain.smol import AlignConfig, LoraSettings
 from mmunlearn.pretrain.trainer import Stage, TrainConfig
+from mmunlearn.pretrain.vision_warmup import VisionWarmup
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class PretrainSettings:
     log_every: int
     align: AlignConfig | None = None  # smol model only: the vision alignment stage
     lora: LoraSettings | None = None  # smol model only: the LoRA that teaches the LM the world
+    vision_warmup: VisionWarmup | None = None  # tiny model only: identity training of the tower first
 
 
 def _first_message(exc: BaseException) -> str:
@@ -108,6 +110,8 @@ def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
     extra = {k: node.pop(k) for k in ("n_augment", "n_text_variants", "eval_limit", "log_every") if k in node}
     align = _build(AlignConfig, node.pop("align"), "pretrain.align") if "align" in node else None
     lora = _build(LoraSettings, node.pop("lora"), "pretrain.lora") if "lora" in node else None
+    vision = node.pop("vision_warmup", None)
+    vision = _build(VisionWarmup, vision, "pretrain.vision_warmup") if vision is not None else None
     stages_node = node.pop("stages", [])
     stages = []
     for i, st in enumerate(stages_node):
@@ -128,7 +132,7 @@ def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
     return PretrainSettings(train=train, n_augment=int(extra.get("n_augment", 16)),
                             n_text_variants=int(extra.get("n_text_variants", 8)),
                             eval_limit=int(extra.get("eval_limit", 600)), log_every=int(extra.get("log_every", 100)),
-                            align=align, lora=lora)
+                            align=align, lora=lora, vision_warmup=vision)
 
 
 def cache_dir(cfg: DictConfig) -> Path:

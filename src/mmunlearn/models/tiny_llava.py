@@ -77,13 +77,17 @@ def build_tokenizer(lines: Iterable[str]) -> PreTrainedTokenizerFast:
         extra_special_tokens={"image_token": IMAGE_TOKEN}, padding_side="left", chat_template=CHAT_TEMPLATE)
 
 
-def llava_processor(tokenizer, image_size: int, patch_size: int, chat_template: str) -> LlavaProcessor:
-    """A LLaVA processor over a PIL CLIP image processor (no torchvision) for square world images."""
-    image_processor = CLIPImageProcessorPil(
+def world_image_processor(image_size: int) -> CLIPImageProcessorPil:
+    """A PIL CLIP image processor (no torchvision) for square world images."""
+    return CLIPImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+
+
+def llava_processor(tokenizer, image_size: int, patch_size: int, chat_template: str) -> LlavaProcessor:
+    """A LLaVA processor over `world_image_processor`."""
     return LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+        image_processor=world_image_processor(image_size), tokenizer=tokenizer, patch_size=patch_size,
         vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=chat_template)
 
 
@@ -91,11 +95,16 @@ def build_processor(tokenizer: PreTrainedTokenizerFast, spec: TinyLlavaSpec) -> 
     return llava_processor(tokenizer, spec.image_size, spec.patch_size, CHAT_TEMPLATE)
 
 
-def build_model(tokenizer: PreTrainedTokenizerFast, spec: TinyLlavaSpec) -> LlavaForConditionalGeneration:
-    vision = CLIPVisionConfig(
+def vision_config(spec: TinyLlavaSpec) -> CLIPVisionConfig:
+    """The tiny model's CLIP-style vision tower."""
+    return CLIPVisionConfig(
         image_size=spec.image_size, patch_size=spec.patch_size, hidden_size=spec.vision_hidden,
         intermediate_size=4 * spec.vision_hidden, num_hidden_layers=spec.vision_layers,
         num_attention_heads=spec.vision_heads)
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast, spec: TinyLlavaSpec) -> LlavaForConditionalGeneration:
+    vision = vision_config(spec)
     text = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=spec.text_hidden, intermediate_size=4 * spec.text_hidden,
         num_hidden_layers=spec.text_layers, num_attention_heads=spec.text_heads,

@@ -27,11 +27,12 @@ from mmunlearn.pretrain.batches import Encoder, PixelBank
 from mmunlearn.pretrain.evaluate import MeasureResult, run_measures
 from mmunlearn.pretrain.tasks import MEASURES, training_pools
 from mmunlearn.pretrain.trainer import StepLog, train
+from mmunlearn.pretrain.vision_warmup import warm_up_tower
 from mmunlearn.runner.manifest import atomic_dir, manifest, now, write_json_atomic
 from mmunlearn.world.corpus import Corpus, Splits, reading_words
 from mmunlearn.world.entities import World, generate_world
 
-CODE_VERSION = 2  # bump when a change to world or training code changes what a config produces
+CODE_VERSION = 3  # bump when a change to world or training code changes what a config produces
 REPORT_FILE = "pretrain_report.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json", REPORT_FILE)
 
@@ -48,7 +49,7 @@ def build_world(wcfg: WorldConfig) -> WorldBundle:
 
 
 # Fields added after models were cached: at these values they leave existing cache keys unchanged.
-KEY_NEUTRAL = {"align": None, "lora": None, "sparse_logits": False, "frozen_layers": 0}
+KEY_NEUTRAL = {"align": None, "lora": None, "sparse_logits": False, "frozen_layers": 0, "vision_warmup": None}
 
 
 def _key_fields(value):
@@ -107,6 +108,10 @@ def _train_tiny(bundle: WorldBundle, spec: TinyLlavaSpec, settings: PretrainSett
     word_ids = {w: tokenizer.convert_tokens_to_ids(w) for w in reading_words(bundle.world)}
     n_params = sum(p.numel() for p in model.parameters())
     log(f"world: {bundle.world.size} creatures, {len(tokenizer)} tokens; model: {n_params / 1e6:.2f}M parameters")
+    if settings.vision_warmup is not None:
+        warm_up_tower(model.model.vision_tower, bundle.world, processor.image_processor, spec.image_size,
+                      settings.vision_warmup, settings.train.seed, settings.train.weight_decay,
+                      settings.train.grad_clip, log)
     total = sum(s.steps for s in settings.train.stages)
     with tqdm(total=total, desc="pretrain", unit="step", disable=None) as bar:
         def on_log(e: StepLog) -> None:
@@ -153,6 +158,9 @@ def pretrain(cfg: DictConfig, force: bool = False, log: Callable[[str], None] = 
     if isinstance(spec, SmolLlavaSpec):
         from mmunlearn.pretrain.smol import build_and_train
 
+        if settings.vision_warmup is not None:
+            raise ConfigError("config pretrain.vision_warmup: the tiny model's only (the smol model's tower is "
+                              "pretrained and aligned by pretrain.align)")
         if settings.align is None or settings.lora is None:
             raise ConfigError("config pretrain: the smol model needs pretrain.align and pretrain.lora "
                               "(model=smol selects pretrain=smol, which has both)")

@@ -143,10 +143,13 @@ class Corpus:
                                   None, c.index, attr)
 
     def fact_statements(self) -> Iterator[Example]:
+        """Facts as whole sentences. The prompt asks for a sentence in words no question template uses: a
+        prompt a word away from a question ("tell me about the diet of X ." vs "tell me the diet of X .")
+        taught the model to answer such questions with a run-on sentence."""
         verbs = {"diet": "eats", "habitat": "lives in", "predator": "is hunted by", "sound": "makes"}
         for c in self.world.creatures:
             for attr, verb in verbs.items():
-                yield Example("statement", f"tell me about the {attr} of the {c.name} .",
+                yield Example("statement", f"say a sentence about the {attr} of the {c.name} .",
                               f"the {c.name} {verb} {c.attributes[attr]} .", None, c.index, attr)
 
     def image_facts(self, split: str, pairs: str = "seen", view: str = "train") -> Iterator[Example]:

@@ -14,13 +14,15 @@ from mmunlearn.world.render import View, render_creature, render_text, sample_vi
 MAX_TRAIN_STRENGTH = 0.9
 
 
-def training_view(seed: int, creature: int, k: int) -> View:
-    """Augmentation k of a creature (k=0 is canonical). Spans easy..hard changes, drawn apart from eval views."""
+def training_view(seed: int, creature: int, k: int, occlusion: float = 0.25, style: float = 0.25,
+                  max_strength: float = MAX_TRAIN_STRENGTH) -> View:
+    """Augmentation k of a creature (k=0 is canonical). Spans easy..hard changes, drawn apart from eval views;
+    `occlusion` and `style` are the chances of an occluder and of the outline style."""
     if k == 0:
         return View()
     rng = random.Random(f"train-aug/{seed}/{creature}/{k}")
-    strength = rng.uniform(0.0, MAX_TRAIN_STRENGTH)
-    return sample_view(rng, strength, occlude=rng.random() < 0.25, style=rng.random() < 0.25)
+    strength = rng.uniform(0.0, max_strength)
+    return sample_view(rng, strength, occlude=rng.random() < occlusion, style=rng.random() < style)
 
 
 def render_key(world: World, key: ImageKey, size: int) -> Image.Image:

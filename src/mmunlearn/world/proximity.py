@@ -24,8 +24,10 @@ class Proximity:
     neighbours: dict[str, int]  # tier -> index of the neighbour creature
 
 
-def paraphrase_view(seed: int, creature: int, tier: str) -> View:
-    rng = random.Random(f"paraphrase/{seed}/{creature}/{tier}")
+def paraphrase_view(seed: int, creature: int, tier: str, draw: int = 0) -> View:
+    """The tier's view of a creature (draw 0, the benchmark's); other draws are other views of the same recipe,
+    for measuring a tier on more than one image per creature."""
+    rng = random.Random(f"paraphrase/{seed}/{creature}/{tier}" + (f"/{draw}" if draw else ""))
     hard = tier == "hard"
     return sample_view(rng, PARAPHRASE_STRENGTH[tier], occlude=hard, style=hard)
 

@@ -1,0 +1,94 @@
+"""Teaches the vision tower alone to tell creatures apart on many renderings, before the curriculum.
+
+The curriculum's image tasks see a few renderings per creature (`n_augment`) through the language model;
+strongly changed images (hard paraphrases: large pose change, occluder, outline style) need far more
+variety than that, and a tower trained on identity alone learns it cheaply (no language model in the
+loop). A linear head on the mean patch token (what the projector passes on) names the creature; the head
+is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from mmunlearn.world.entities import World
+from mmunlearn.world.images import training_view
+from mmunlearn.world.render import View, render_creature
+
+RENDER_CHUNK = 512
+
+
+@dataclass(frozen=True)
+class VisionWarmup:
+    steps: int = 2000
+    renderings: int = 200  # per creature, besides the canonical image
+    occlusion: float = 0.5  # chance of an occluder per rendering
+    style: float = 0.5  # chance of the outline style per rendering
+    batch_size: int = 128
+    lr: float = 3e-3
+
+
+def render_pixels(world: World, image_processor, size: int, views: Sequence[tuple[int, View]],
+                  desc: str | None = None) -> torch.Tensor:
+    """Pixel values of (creature, view) renderings, in order."""
+    chunks = [views[i:i + RENDER_CHUNK] for i in range(0, len(views), RENDER_CHUNK)]
+    out = []
+    for chunk in tqdm(chunks, desc=desc, disable=None if desc else True):
+        images = [render_creature(world.creatures[c], size, v) for c, v in chunk]
+        out.append(image_processor(images=images, return_tensors="pt")["pixel_values"])
+    return torch.cat(out)
+
+
+def identity_set(world: World, image_processor, size: int, settings: VisionWarmup) -> tuple[torch.Tensor,
+                                                                                           torch.Tensor]:
+    """Every creature's canonical image and `renderings` training views, with the creature as label."""
+    views = [(c.index, training_view(world.seed, c.index, k, settings.occlusion, settings.style))
+             for c in world.creatures for k in range(settings.renderings + 1)]
+    return render_pixels(world, image_processor, size, views, "rendering"), torch.tensor([c for c, _ in views])
+
+
+def identity_logits(tower, head: torch.nn.Linear, pixels: torch.Tensor) -> torch.Tensor:
+    """Creature logits from the mean patch token (the class token is not what the language model sees)."""
+    return head(tower(pixel_values=pixels).last_hidden_state[:, 1:].mean(1))
+
+
+def train_identity(tower, pixels: torch.Tensor, labels: torch.Tensor, n_classes: int, settings: VisionWarmup,
+                   seed: int, weight_decay: float, grad_clip: float,
+                   on_step: Callable[[int, float], None] | None = None) -> torch.nn.Linear:
+    """Trains `tower` (in place) and a fresh linear head to name the creature of each image; returns the head."""
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(tower.config.hidden_size, n_classes)
+    params = [*tower.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=weight_decay)
+    rows = torch.Generator().manual_seed(seed)
+    was_training = tower.training
+    tower.train()
+    for step in tqdm(range(settings.steps), desc="vision warm-up", unit="step", disable=None):
+        batch = torch.randint(len(labels), (settings.batch_size,), generator=rows)
+        loss = F.cross_entropy(identity_logits(tower, head, pixels[batch]), labels[batch])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        if on_step is not None:
+            on_step(step, loss.item())
+    tower.train(was_training)
+    return head
+
+
+def warm_up_tower(tower, world: World, image_processor, size: int, settings: VisionWarmup, seed: int,
+                  weight_decay: float, grad_clip: float, log: Callable[[str], None] = print) -> None:
+    """Renders the identity set and trains the tower on it; logs the loss every few hundred steps."""
+    pixels, labels = identity_set(world, image_processor, size, settings)
+    every = max(1, settings.steps // 5)
+
+    def on_step(step: int, loss: float) -> None:
+        if (step + 1) % every == 0:
+            log(f"vision warm-up step {step + 1}/{settings.steps} identity loss {loss:.3f}")
+
+    train_identity(tower, pixels, labels, len(world.creatures), settings, seed, weight_decay, grad_clip, on_step)

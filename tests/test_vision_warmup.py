@@ -1,0 +1,71 @@
+"""The vision warm-up: identity training of the tower alone, before the curriculum."""
+
+import pytest
+import torch
+from transformers import CLIPVisionModel
+
+from mmunlearn.config import load_config, pretrain_settings
+from mmunlearn.errors import ConfigError
+from mmunlearn.models.tiny_llava import vision_config, world_image_processor
+from mmunlearn.pretrain.pipeline import pretrain
+from mmunlearn.pretrain.vision_warmup import VisionWarmup, identity_logits, identity_set, train_identity
+from mmunlearn.world.images import training_view
+
+SETTINGS = VisionWarmup(steps=40, renderings=3, batch_size=16, lr=1e-2)
+
+
+def trained(micro_world, micro_spec):
+    world, _ = micro_world
+    pixels, labels = identity_set(world, world_image_processor(micro_spec.image_size), micro_spec.image_size,
+                                  SETTINGS)
+    torch.manual_seed(0)
+    tower = CLIPVisionModel(vision_config(micro_spec))
+    losses = []
+    head = train_identity(tower, pixels, labels, len(world.creatures), SETTINGS, seed=0, weight_decay=0.0,
+                          grad_clip=1.0, on_step=lambda step, loss: losses.append(loss))
+    return tower, head, pixels, labels, losses
+
+
+def test_identity_set_is_canonical_plus_renderings_per_creature(micro_world, micro_spec):
+    world, _ = micro_world
+    pixels, labels = identity_set(world, world_image_processor(micro_spec.image_size), micro_spec.image_size,
+                                  SETTINGS)
+    n = len(world.creatures) * (SETTINGS.renderings + 1)
+    assert pixels.shape == (n, 3, micro_spec.image_size, micro_spec.image_size)
+    assert labels.tolist() == [c.index for c in world.creatures for _ in range(SETTINGS.renderings + 1)]
+
+
+def test_identity_training_learns_and_is_deterministic(micro_world, micro_spec):
+    tower, head, pixels, labels, losses = trained(micro_world, micro_spec)
+    assert len(losses) == SETTINGS.steps
+    assert sum(losses[-5:]) < 0.5 * sum(losses[:5])
+    with torch.no_grad():
+        accuracy = (identity_logits(tower.eval(), head, pixels).argmax(-1) == labels).float().mean().item()
+    assert accuracy > 0.8
+    again = trained(micro_world, micro_spec)[0]
+    for (name, a), (_, b) in zip(tower.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_rendering_chances_are_parameters_and_defaults_keep_the_views():
+    assert training_view(0, 3, 5) == training_view(0, 3, 5, occlusion=0.25, style=0.25, max_strength=0.9)
+    views = [training_view(0, c, k, occlusion=1.0, style=0.0) for c in range(4) for k in range(1, 6)]
+    assert all(v.occlusion > 0 and not v.outline for v in views)
+
+
+def test_config_is_checked():
+    assert pretrain_settings(load_config([])).vision_warmup == VisionWarmup()  # the packaged defaults
+    assert pretrain_settings(load_config(["pretrain.vision_warmup=null"])).vision_warmup is None
+    on = pretrain_settings(load_config(["pretrain.vision_warmup.steps=7"])).vision_warmup
+    assert on == VisionWarmup(steps=7)
+    with pytest.raises(ConfigError, match=r"pretrain.vision_warmup.*unknown key.*stpes"):
+        pretrain_settings(load_config(["+pretrain.vision_warmup.stpes=7"]))
+
+
+def test_pipeline_warms_the_tower_up_and_keys_the_cache_on_it(tmp_path, micro_overrides):
+    base = [*micro_overrides, f"paths.cache_dir={tmp_path}"]
+    plain = pretrain(load_config([*base, "pretrain.vision_warmup=null"]), log=lambda s: None)
+    lines: list[str] = []
+    warmed = pretrain(load_config(base), log=lines.append)
+    assert warmed.path != plain.path and not warmed.reused
+    assert any(line.startswith("vision warm-up step 3/3") for line in lines)
