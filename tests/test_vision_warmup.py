@@ -69,3 +69,5 @@ def test_pipeline_warms_the_tower_up_and_keys_the_cache_on_it(tmp_path, micro_ov
     warmed = pretrain(load_config(base), log=lines.append)
     assert warmed.path != plain.path and not warmed.reused
     assert any(line.startswith("vision warm-up step 3/3") for line in lines)
+    assert [e["step"] for e in warmed.report["vision_warmup_log"]] == [1, 2, 3]  # the loss log is in the report
+    assert "vision_warmup_log" not in plain.report

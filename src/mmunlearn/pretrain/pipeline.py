@@ -97,7 +97,7 @@ def load_pretrained(path: Path):
 
 
 def _train_tiny(bundle: WorldBundle, spec: TinyLlavaSpec, settings: PretrainSettings, pools, log):
-    """The tiny model from scratch: tokenizer trained on the world, then the grounded curriculum."""
+    """The tiny model from scratch: tokenizer trained on the world, the vision warm-up, the grounded curriculum."""
     tokenizer = build_tokenizer(bundle.corpus.all_text())
     processor = build_processor(tokenizer, spec)
     torch.manual_seed(settings.train.seed)
@@ -108,8 +108,9 @@ def _train_tiny(bundle: WorldBundle, spec: TinyLlavaSpec, settings: PretrainSett
     word_ids = {w: tokenizer.convert_tokens_to_ids(w) for w in reading_words(bundle.world)}
     n_params = sum(p.numel() for p in model.parameters())
     log(f"world: {bundle.world.size} creatures, {len(tokenizer)} tokens; model: {n_params / 1e6:.2f}M parameters")
+    warmup_log = None
     if settings.vision_warmup is not None:
-        warm_up_tower(model.model.vision_tower, bundle.world, processor.image_processor, spec.image_size,
+        warmup_log = warm_up_tower(model.model.vision_tower, bundle.world, processor.image_processor, spec.image_size,
                       settings.vision_warmup, settings.train.seed, settings.train.weight_decay,
                       settings.train.grad_clip, log)
     total = sum(s.steps for s in settings.train.stages)
@@ -119,7 +120,7 @@ def _train_tiny(bundle: WorldBundle, spec: TinyLlavaSpec, settings: PretrainSett
                       f"token_acc {e.token_acc:.3f} ({e.seconds:.0f}s)")
         logs = train(model, encoder, pools, settings.train, name_ids, word_ids, on_log=on_log,
                      log_every=settings.log_every, progress=bar.update)
-    return model, processor, encoder, n_params, logs
+    return model, processor, encoder, n_params, logs, warmup_log
 
 
 @dataclass
@@ -170,7 +171,9 @@ def pretrain(cfg: DictConfig, force: bool = False, log: Callable[[str], None] = 
         extra["align_log"] = built.align_log
         max_new_tokens = 48  # subword tokens: a hazard procedure is about 30
     else:
-        model, processor, encoder, n_params, logs = _train_tiny(bundle, spec, settings, pools, log)
+        model, processor, encoder, n_params, logs, warmup_log = _train_tiny(bundle, spec, settings, pools, log)
+        if warmup_log is not None:
+            extra["vision_warmup_log"] = warmup_log
         max_new_tokens = 32
     train_seconds = time.perf_counter() - t0
     log("evaluating ...")

@@ -82,13 +82,20 @@ def train_identity(tower, pixels: torch.Tensor, labels: torch.Tensor, n_classes:
 
 
 def warm_up_tower(tower, world: World, image_processor, size: int, settings: VisionWarmup, seed: int,
-                  weight_decay: float, grad_clip: float, log: Callable[[str], None] = print) -> None:
-    """Renders the identity set and trains the tower on it; logs the loss every few hundred steps."""
+                  weight_decay: float, grad_clip: float, log: Callable[[str], None] = print) -> list[dict]:
+    """Renders the identity set and trains the tower on it. Returns the loss log (mean identity loss over
+    each fifth of the steps), which is also written through `log`."""
     pixels, labels = identity_set(world, image_processor, size, settings)
     every = max(1, settings.steps // 5)
+    window: list[float] = []
+    entries: list[dict] = []
 
     def on_step(step: int, loss: float) -> None:
-        if (step + 1) % every == 0:
-            log(f"vision warm-up step {step + 1}/{settings.steps} identity loss {loss:.3f}")
+        window.append(loss)
+        if (step + 1) % every == 0 or step + 1 == settings.steps:
+            entries.append({"step": step + 1, "identity_loss": sum(window) / len(window)})
+            window.clear()
+            log(f"vision warm-up step {step + 1}/{settings.steps} identity loss {entries[-1]['identity_loss']:.3f}")
 
     train_identity(tower, pixels, labels, len(world.creatures), settings, seed, weight_decay, grad_clip, on_step)
+    return entries
