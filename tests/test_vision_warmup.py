@@ -60,6 +60,9 @@ def test_config_is_checked():
     assert on == VisionWarmup(steps=7)
     with pytest.raises(ConfigError, match=r"pretrain.vision_warmup.*unknown key.*stpes"):
         pretrain_settings(load_config(["+pretrain.vision_warmup.stpes=7"]))
+    with pytest.raises(ConfigError, match=r"pretrain.vision_warmup: renderings=-1 \(>= 0\), occlusion=1.5") as info:
+        pretrain_settings(load_config(["pretrain.vision_warmup.renderings=-1", "pretrain.vision_warmup.occlusion=1.5"]))
+    assert "\n" not in str(info.value)
 
 
 def test_pipeline_warms_the_tower_up_and_keys_the_cache_on_it(tmp_path, micro_overrides):

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from mmunlearn.errors import ConfigError
 from mmunlearn.world.entities import World
 from mmunlearn.world.images import training_view
 from mmunlearn.world.render import View, render_creature
@@ -31,6 +32,17 @@ class VisionWarmup:
     style: float = 0.5  # chance of the outline style per rendering
     batch_size: int = 128
     lr: float = 3e-3
+
+    def __post_init__(self) -> None:
+        bad = [f"{name}={value!r} ({rule})" for name, value, ok, rule in (
+            ("steps", self.steps, self.steps >= 0, ">= 0"),
+            ("renderings", self.renderings, self.renderings >= 0, ">= 0"),
+            ("occlusion", self.occlusion, 0 <= self.occlusion <= 1, "in [0, 1]"),
+            ("style", self.style, 0 <= self.style <= 1, "in [0, 1]"),
+            ("batch_size", self.batch_size, self.batch_size >= 1, ">= 1"), ("lr", self.lr, self.lr > 0, "> 0"))
+            if not ok]
+        if bad:
+            raise ConfigError(f"config pretrain.vision_warmup: {', '.join(bad)}")
 
 
 def render_pixels(world: World, image_processor, size: int, views: Sequence[tuple[int, View]],
