@@ -45,10 +45,11 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.overrides)
     torch.set_num_threads(int(cfg.threads))
-    spec, world, train = model_spec(cfg), build_world(world_config(cfg)).world, pretrain_settings(cfg).train
+    spec, world, configured = model_spec(cfg), build_world(world_config(cfg)).world, pretrain_settings(cfg)
+    train = configured.train
     fields = ("steps", "renderings", "occlusion", "style")
     chosen = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
-    settings = dataclasses.replace(pretrain_settings(cfg).vision_warmup or VisionWarmup(), **chosen)
+    settings = dataclasses.replace(configured.vision_warmup or VisionWarmup(), **chosen)
     processor, n = world_image_processor(spec.image_size), len(world.creatures)
 
     t0 = time.perf_counter()

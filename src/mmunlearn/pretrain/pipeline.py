@@ -110,9 +110,9 @@ def _train_tiny(bundle: WorldBundle, spec: TinyLlavaSpec, settings: PretrainSett
     log(f"world: {bundle.world.size} creatures, {len(tokenizer)} tokens; model: {n_params / 1e6:.2f}M parameters")
     warmup_log = None
     if settings.vision_warmup is not None:
-        warmup_log = warm_up_tower(model.model.vision_tower, bundle.world, processor.image_processor, spec.image_size,
-                      settings.vision_warmup, settings.train.seed, settings.train.weight_decay,
-                      settings.train.grad_clip, log)
+        warmup_log = warm_up_tower(model.model.vision_tower, bundle.world, processor.image_processor,
+                                   spec.image_size, settings.vision_warmup, settings.train.seed,
+                                   settings.train.weight_decay, settings.train.grad_clip, log)
     total = sum(s.steps for s in settings.train.stages)
     with tqdm(total=total, desc="pretrain", unit="step", disable=None) as bar:
         def on_log(e: StepLog) -> None:
