@@ -26,7 +26,7 @@ import torch
 from mmunlearn.attacks.relearning import Relearning
 from mmunlearn.config import load_config
 from mmunlearn.defenses.batched_editor import BatchedEditor, lora_init
-from mmunlearn.defenses.editor import EditExamples, Editor
+from mmunlearn.defenses.editor import EditExamples, Editor, lowest_layer
 from mmunlearn.experiments.unlok import build_components, load_benchmark, load_model, protocol_config
 from mmunlearn.experiments.unlok_protocol import Protocol, target_string
 from mmunlearn.models.adapters.base import VLMInput
@@ -55,13 +55,15 @@ def protocol_side_by_side(cfg, adapter, benchmark, n_facts: int, slots: int) -> 
 
     with Editor(adapter, edit_config) as editor:
         init = lora_init(editor)
-        protocol = Protocol(adapter, benchmark, editor, defenses, attacks, config, relearner())
+        protocol = Protocol(adapter, benchmark, editor, defenses, attacks, config, relearner(),
+                            edited_from=lowest_layer(adapter, editor.module_names))
         protocol.prime()
         t0 = time.perf_counter()
         sequential = [protocol.run_fact(r) for r in records]
         seq_seconds = time.perf_counter() - t0
     with BatchedEditor(adapter, edit_config, slots=slots, init=init) as batched:
-        protocol = Protocol(adapter, benchmark, None, defenses, attacks, config, relearner(batched.router))
+        protocol = Protocol(adapter, benchmark, None, defenses, attacks, config, relearner(batched.router),
+                            edited_from=lowest_layer(adapter, batched.module_names))
         protocol.prime()
         t0 = time.perf_counter()
         grouped = [rows for start in range(0, len(records), slots)

@@ -90,3 +90,36 @@ def test_run_group_matches_run_fact_with_batched_edits(micro_adapter, micro_benc
                 assert a["logprob"] == pytest.approx(b["logprob"], abs=1e-3)
             else:
                 assert a["success"] == b["success"] and a["candidates"] == b["candidates"], a["attack"]
+
+
+def test_probe_states_resume_below_the_edit_with_the_same_outcomes(micro_adapter, micro_benchmark, monkeypatch):
+    from mmunlearn.defenses.batched_editor import BatchedEditor
+    from mmunlearn.defenses.editor import lowest_layer
+
+    defenses = {"fact_erasure": get_defense("fact_erasure")}
+    attacks = {"probe": get_attack("probe", k=2, n_train=5)}
+    config = ProtocolConfig(n_random=2, n_retain=1, empty_answer="i cannot help with that .")
+    records = micro_benchmark.records[:3]
+    edit = EditConfig(lr=0.05, steps=3, layers=[1])
+    calls: list[bool] = []
+    plain = micro_adapter.hidden_states
+
+    def spy(items, resume=None):
+        calls.append(resume is not None)
+        return plain(items, resume=resume)
+
+    monkeypatch.setattr(micro_adapter, "hidden_states", spy)
+    runs = []
+    with BatchedEditor(micro_adapter, edit, slots=3) as batched:
+        assert lowest_layer(micro_adapter, batched.module_names) == 1
+        for edited_from in (None, 1):
+            calls.clear()
+            protocol = Protocol(micro_adapter, micro_benchmark, None, defenses, attacks, config,
+                                edited_from=edited_from)
+            protocol.prime()
+            runs.append(protocol.run_group(records, batched))
+            assert calls[-1] is (edited_from is not None), "the edited model's probe states resume at the edit"
+    for plain_rows, resumed_rows in zip(*runs):
+        for a, b in zip(plain_rows, resumed_rows):
+            if a["type"] == "attack":
+                assert a["success"] == b["success"] and a["candidates"] == b["candidates"]

@@ -8,6 +8,7 @@ import pytest
 import torch
 from vlm_fixtures import BUILDERS, make_items
 
+from mmunlearn.errors import ConfigError, MMUnlearnError
 from mmunlearn.models.adapters import VLMAdapter, VLMInput
 from mmunlearn.models.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from mmunlearn.models.adapters.llava import LlavaAdapter
@@ -274,3 +275,34 @@ def test_qwen_manual_path_equals_qwen2vl_processor(family, adapter_for):
     expected = processor(text=[text], images=[image_item.image], return_tensors="pt")
     batch = manual.format([image_item], for_generation=True)
     assert torch.equal(batch.inputs["mm_token_type_ids"], expected["mm_token_type_ids"].long())
+
+
+def test_resuming_at_a_layer_equals_the_whole_forward(adapter):
+    """States of a model changed only from layer 1 up, resumed from the unchanged model's layer-1 inputs."""
+    if not adapter.resumes_at_layer:
+        with pytest.raises(MMUnlearnError, match="cannot resume"):
+            adapter.layer_inputs(ITEMS, 1)
+        return
+    stored = adapter.layer_inputs(ITEMS, 1)
+    before = adapter.hidden_states(ITEMS)
+    for item, kept, row in zip(ITEMS, stored, before):
+        assert kept.states.shape[0] == len(adapter.encode(item, for_generation=True).input_ids)
+        assert torch.allclose(kept.lower, row[:2]) and torch.allclose(kept.states[-1].float(), row[1])
+    down = adapter.model.get_submodule(adapter.module_names().mlp_down[1]).weight
+    saved = down.detach().clone()
+    try:
+        with torch.no_grad():
+            down.add_(torch.randn_like(down))
+        whole = adapter.hidden_states(ITEMS)
+        resumed = adapter.hidden_states(ITEMS, resume=stored)
+    finally:
+        with torch.no_grad():
+            down.copy_(saved)
+    assert not torch.allclose(whole[:, 2], before[:, 2], atol=1e-3), "the change must reach the top layer"
+    assert torch.allclose(resumed, whole, atol=1e-5)
+    assert not any("forward" in vars(adapter.model.get_submodule(n)) for n in adapter.module_names().layers), \
+        "the skipped layers get their own forward back"
+    with pytest.raises(MMUnlearnError, match="another prompt"):
+        adapter.hidden_states(ITEMS, resume=stored[1:] + stored[:1])
+    with pytest.raises(ConfigError, match="outside"):
+        adapter.layer_inputs(ITEMS, 0)

@@ -10,12 +10,12 @@ the filled caches. With a `route`, item k of a merged call is taken through its 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from mmunlearn.attacks.context import AttackContext, Needs, Route, SampleRequest, fetch_samples, routing
 from mmunlearn.attacks.registry import Attack
 from mmunlearn.data.records import FactRecord
-from mmunlearn.models.adapters.base import VLMInput
+from mmunlearn.models.adapters.base import LayerInput, VLMInput
 
 
 def merged_needs(attacks: Iterable[Attack], ctx: AttackContext) -> tuple[bool, list[int], list[SampleRequest]]:
@@ -25,8 +25,13 @@ def merged_needs(attacks: Iterable[Attack], ctx: AttackContext) -> tuple[bool, l
     return any(n.forward for n in needs), sizes, [r for n in needs for r in n.samples]
 
 
-def prefetch(contexts: Sequence[AttackContext], attacks: Sequence[Attack], route: Route | None = None) -> None:
-    """Fill every context's caches for `attacks`; with `route`, context i's rows go through owner i."""
+def prefetch(contexts: Sequence[AttackContext], attacks: Sequence[Attack], route: Route | None = None,
+             layer_inputs: Mapping[str, LayerInput] | None = None) -> None:
+    """Fill every context's caches for `attacks`; with `route`, context i's rows go through owner i.
+
+    `layer_inputs` (record id -> `LayerInput` from a model that equals every routed variant below its layer):
+    the probe's training states of those records resume there instead of running the whole model.
+    """
     if not contexts:
         return
     adapter = contexts[0].adapter
@@ -49,8 +54,12 @@ def prefetch(contexts: Sequence[AttackContext], attacks: Sequence[Attack], route
                     seen.add(key)
                     wanted.append((i, record))
     if wanted:
+        resume = None
+        if layer_inputs is not None and all(r.id in layer_inputs for _, r in wanted):
+            resume = [layer_inputs[r.id] for _, r in wanted]
         with routing(route, [i for i, _ in wanted]):
-            states = adapter.hidden_states([VLMInput(contexts[i].image(r.image), r.question) for i, r in wanted])
+            states = adapter.hidden_states([VLMInput(contexts[i].image(r.image), r.question) for i, r in wanted],
+                                           resume=resume)
         for k, (i, record) in enumerate(wanted):
             contexts[i].add_states([record], states[k:k + 1])
 

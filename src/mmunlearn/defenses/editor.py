@@ -82,6 +82,13 @@ def target_module_names(adapter: VLMAdapter, config: EditConfig) -> list[str]:
     return out
 
 
+def lowest_layer(adapter: VLMAdapter, module_names: Sequence[str]) -> int | None:
+    """The lowest decoder layer among `module_names` (None if one lies outside the decoder layers): below it
+    an edit of those modules leaves the model as it was."""
+    layers = [adapter.layer_of(name) for name in module_names]
+    return None if not layers or None in layers else min(layers)  # type: ignore[type-var]
+
+
 @contextlib.contextmanager
 def training_only(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
     """Train mode with gradients for `params` alone; the model's eval mode and requires_grad flags come back."""

@@ -23,7 +23,7 @@ from mmunlearn.attacks.registry import Attack, get_attack
 from mmunlearn.attacks.relearning import RelearnConfig, Relearning
 from mmunlearn.data.records import Benchmark
 from mmunlearn.defenses.batched_editor import BatchedEditor
-from mmunlearn.defenses.editor import EditConfig, Editor
+from mmunlearn.defenses.editor import EditConfig, Editor, lowest_layer
 from mmunlearn.defenses.losses import Defense, get_defense
 from mmunlearn.errors import ConfigError
 from mmunlearn.experiments.unlok_protocol import Protocol, ProtocolConfig
@@ -198,7 +198,7 @@ def run_unlok(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print
         relearn = Relearning(adapter, relearn_config, seed=config.seed, max_new_tokens=config.max_new_tokens,
                              router=None if group == 1 else editor.router) if relearn_config else None
         protocol = Protocol(adapter, benchmark, editor if group == 1 else None, defenses, attacks, config, relearn,
-                            edit_overrides=overrides)
+                            edit_overrides=overrides, edited_from=lowest_layer(adapter, editor.module_names))
         if relearn_config is not None or "probe" in attacks:
             protocol.prime()
         records = benchmark.records

@@ -23,7 +23,7 @@ from mmunlearn.defenses.editor import EditExamples, Editor
 from mmunlearn.defenses.losses import Defense
 from mmunlearn.errors import ConfigError
 from mmunlearn.metrics.accuracy import contains_answer
-from mmunlearn.models.adapters.base import VLMAdapter, VLMInput
+from mmunlearn.models.adapters.base import LayerInput, VLMAdapter, VLMInput
 from mmunlearn.models.layer_spec import resolve_layers
 
 
@@ -96,7 +96,9 @@ class Protocol:
 
     def __init__(self, adapter: VLMAdapter, benchmark: Benchmark, editor: Editor | None, defenses: dict[str, Defense],
                  attacks: dict[str, Attack], config: ProtocolConfig, relearn: Relearning | None = None,
-                 edit_overrides: dict[str, dict[str, Any]] | None = None) -> None:
+                 edit_overrides: dict[str, dict[str, Any]] | None = None, edited_from: int | None = None) -> None:
+        """`edited_from`: the lowest decoder layer any edit changes (None: unknown). Below it every edited model
+        equals the unedited one, so the probe's training states resume there (`prime`)."""
         self.adapter = adapter
         self.benchmark = benchmark
         self.editor = editor
@@ -106,6 +108,8 @@ class Protocol:
         self.relearn = relearn
         self.edit_overrides = edit_overrides or {}  # defense name -> {lr, steps} replacing the editor's
         self._pre_cache: StateCache = {}  # probe states of the unedited model, shared by every fact
+        self.edited_from = edited_from
+        self._layer_inputs: dict[str, LayerInput] = {}  # record id -> input of layer `edited_from`, unedited
         self._check_empty_answer()
 
     def _check_empty_answer(self) -> None:
@@ -123,10 +127,18 @@ class Protocol:
         uninterrupted one.
         """
         records = self.benchmark.records
-        states = self.adapter.hidden_states([VLMInput(self.benchmark.image(r.image), r.question) for r in records])
+        items = [VLMInput(self.benchmark.image(r.image), r.question) for r in records]
+        states = self.adapter.hidden_states(items)
         ctx = AttackContext(self.adapter, self.benchmark, records[0], seed=self.config.seed)
         for record, h in zip(records, states):
             self._pre_cache[record.id] = (h, ctx.first_answer_token(record))
+        # Every edited model's probe states (the other facts' prompts, once per fact and defense) are most of
+        # the attacks' forward passes; the layers below the edit are the unedited model's, so those states
+        # start from the edited layer's stored inputs (same values, the lower layers skipped).
+        frm = self.edited_from
+        if "probe" in self.attacks and self.adapter.resumes_at_layer and frm is not None and \
+                1 <= frm < self.adapter.num_layers:
+            self._layer_inputs = dict(zip([r.id for r in records], self.adapter.layer_inputs(items, frm)))
 
     # ------------------------------------------------------------------ measurements
 
@@ -178,7 +190,7 @@ class Protocol:
         relearning for all of them at once (fact i through slot i of the relearner's router)."""
         contexts = [AttackContext(self.adapter, self.benchmark, p.record, seed=self.config.seed, state_cache=c)
                     for p, c in zip(plans, caches)]
-        prefetch(contexts, list(self.attacks.values()), route)
+        prefetch(contexts, list(self.attacks.values()), route, self._layer_inputs if defense else None)
         label = defense.name if defense else "none"
         outcomes = {name: attack.run_many(contexts, slot) for name, attack in self.attacks.items()}
         out = [[{"type": "attack", "fact": plan.record.id, "defense": label, **outcomes[name][i].to_json(),

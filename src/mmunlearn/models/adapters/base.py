@@ -170,6 +170,21 @@ class EncodedRow:
         return bool(self.vision)
 
 
+@dataclass(frozen=True)
+class LayerInput:
+    """What decoder layer `layer` reads for one prompt, kept so a model variant that differs from the model
+    it came from only at `layer` and above can resume there (`hidden_states(items, resume=...)`).
+
+    `states`: the layer's input over the prompt's own positions, unpadded `[seq, hidden]` in the model's
+    dtype, on the CPU; `lower`: the last prompt position's hidden-state entries 0..layer `[layer + 1, hidden]`,
+    fp32, as `hidden_states` returns them.
+    """
+
+    layer: int
+    states: torch.Tensor
+    lower: torch.Tensor
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text[:300] if text else type(exc).__name__
@@ -196,6 +211,9 @@ class VLMAdapter(abc.ABC):
     shares_prompt_prefill: ClassVar[bool] = False
     # Families whose rows need no image-token expansion in the text (cross-attention models) set this False.
     expands_image_tokens: ClassVar[bool] = True
+    # Families whose decoder layers see the image only through the residual stream set this True: a forward
+    # can then resume at a layer from stored inputs (`layer_inputs`), skipping the layers below it.
+    resumes_at_layer: ClassVar[bool] = True
 
     def __init__(self, model: nn.Module, processor: Any = None, *, tokenizer: Any = None,
                  image_processor: Any = None, chat_template: str | None = None, name: str = "",
@@ -520,14 +538,29 @@ class VLMAdapter(abc.ABC):
             raise MMUnlearnError(f"model {self.name!r}: expected {expected} hidden states, got {got}")
         return [h[:, -1, :] for h in states]
 
-    def _probe(self, items: Sequence[VLMInput], hidden: bool, lens: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One forward pass per batch; the hidden states and/or the logit lens of it (empty tensors if not asked)."""
+    def _probe(self, items: Sequence[VLMInput], hidden: bool, lens: bool,
+               resume: Sequence[LayerInput] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward pass per batch; the hidden states and/or the logit lens of it (empty tensors if not asked).
+
+        With `resume` (one `LayerInput` per item, all at one layer) each batch starts at that layer from the
+        stored inputs; the entries below it come from the stored last-position states.
+        """
+        if resume is not None and len(resume) != len(items):
+            raise MMUnlearnError(f"resume: {len(resume)} layer inputs for {len(items)} items")
         order: list[int] = []
         h_blocks: list[torch.Tensor] = []
         l_blocks: list[torch.Tensor] = []
         with torch.no_grad():
             for group in self._groups(len(items), [it.image is not None for it in items]):
-                states = self._last_prompt_states(self.format([items[i] for i in group], for_generation=True))
+                batch = self.format([items[i] for i in group], for_generation=True)
+                if resume is None:
+                    states = self._last_prompt_states(batch)
+                else:
+                    mine = [resume[i] for i in group]
+                    with self._resumed(batch, mine):
+                        states = self._last_prompt_states(batch)
+                    below = torch.stack([r.lower for r in mine]).to(states[0].device, states[0].dtype)
+                    states[:mine[0].layer] = below.unbind(1)[:mine[0].layer]
                 stacked = torch.stack(states, dim=1)  # [batch, n_layers + 1, hidden]
                 if hidden:
                     h_blocks.append(stacked.float().cpu())
@@ -545,9 +578,87 @@ class VLMAdapter(abc.ABC):
 
         return in_order(h_blocks), in_order(l_blocks)
 
-    def hidden_states(self, items: Sequence[VLMInput]) -> torch.Tensor:
-        """Residual stream at the last prompt position for every layer: [batch, n_layers + 1, hidden], fp32."""
-        return self._probe(items, hidden=True, lens=False)[0]
+    # ------------------------------------------------------------------ resuming at a layer
+
+    def _decoder_layer(self, index: int) -> nn.Module:
+        return self.model.get_submodule(self.module_names().layers[index])
+
+    def layer_of(self, module_name: str) -> int | None:
+        """The decoder layer a module belongs to (None: not inside a decoder layer)."""
+        for i, layer in enumerate(self.module_names().layers):
+            if module_name == layer or module_name.startswith(layer + "."):
+                return i
+        return None
+
+    def layer_inputs(self, items: Sequence[VLMInput], layer: int) -> list[LayerInput]:
+        """The input of decoder `layer` for every item's prompt on the current model, for later `resume`."""
+        if not self.resumes_at_layer:
+            raise MMUnlearnError(f"{type(self).__name__} cannot resume a forward pass at a layer")
+        if not 1 <= layer < self.num_layers:
+            raise ConfigError(f"layer_inputs: layer {layer} is outside 1..{self.num_layers - 1}")
+        out: list[LayerInput | None] = [None] * len(items)
+        captured: list[torch.Tensor] = []
+
+        def keep(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured.append((args[0] if args else kwargs["hidden_states"]).detach())
+
+        handle = self._decoder_layer(layer).register_forward_pre_hook(keep, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                for group in self._groups(len(items), [it.image is not None for it in items]):
+                    batch = self.format([items[i] for i in group], for_generation=True)
+                    captured.clear()
+                    states = self._last_prompt_states(batch)
+                    lower = torch.stack(states[:layer + 1], dim=1).float().cpu()
+                    lengths = batch.inputs["attention_mask"].sum(-1).tolist()
+                    for b, i in enumerate(group):
+                        seq = captured[0][b, captured[0].shape[1] - int(lengths[b]):].cpu()
+                        out[i] = LayerInput(layer, seq, lower[b])
+        finally:
+            handle.remove()
+        return out  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def _resumed(self, batch: VLMBatch, inputs: Sequence[LayerInput]) -> Iterator[None]:
+        """Inside, the decoder layers below `inputs[0].layer` pass their input through untouched, and the one
+        just below it returns the stored inputs (left-padded like `batch`)."""
+        if not self.resumes_at_layer:
+            raise MMUnlearnError(f"{type(self).__name__} cannot resume a forward pass at a layer")
+        layer = inputs[0].layer
+        if any(r.layer != layer for r in inputs) or not 1 <= layer < self.num_layers:
+            raise MMUnlearnError("resume: every layer input must come from one layer in 1..num_layers - 1")
+        mask = batch.inputs["attention_mask"]
+        width = mask.shape[1]
+        stored = torch.zeros((len(inputs), width, inputs[0].states.shape[-1]), dtype=self.dtype)
+        for b, (r, n) in enumerate(zip(inputs, mask.sum(-1).tolist())):
+            if r.states.shape[0] != int(n):
+                raise MMUnlearnError(f"resume: row {b} has {int(n)} prompt positions but its stored layer input "
+                                     f"{r.states.shape[0]} (inputs of another prompt?)")
+            stored[b, width - int(n):] = r.states
+        stored = stored.to(self._decoder_layer(layer).parameters().__next__().device)
+
+        def through(*args: Any, **kwargs: Any) -> torch.Tensor:
+            return args[0] if args else kwargs["hidden_states"]
+
+        def replay(*args: Any, **kwargs: Any) -> torch.Tensor:
+            return stored
+
+        skipped = [self._decoder_layer(i) for i in range(layer)]
+        for i, module in enumerate(skipped):
+            module.forward = replay if i == layer - 1 else through  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            for module in skipped:
+                del module.forward
+
+    def hidden_states(self, items: Sequence[VLMInput], resume: Sequence[LayerInput] | None = None) -> torch.Tensor:
+        """Residual stream at the last prompt position for every layer: [batch, n_layers + 1, hidden], fp32.
+
+        `resume`: one `LayerInput` per item, taken from a model that equals the current one below their layer
+        (e.g. before an edit of that layer or above); the forward then runs only from that layer up.
+        """
+        return self._probe(items, hidden=True, lens=False, resume=resume)[0]
 
     def logit_lens(self, items: Sequence[VLMInput]) -> torch.Tensor:
         """Log-probs over the vocabulary read from every layer: [batch, n_layers + 1, vocab], fp32.

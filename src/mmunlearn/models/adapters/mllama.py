@@ -28,6 +28,7 @@ class MllamaAdapter(VLMAdapter):
     default_image_token = "<|image|>"
     can_mix_modalities = False
     expands_image_tokens = False
+    resumes_at_layer = False  # text-only rows skip the cross-attention layers (`_complete_hidden_states`)
 
     def _image_placeholder(self, vision: dict[str, Any]) -> str:
         return self.image_token
