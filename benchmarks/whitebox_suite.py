@@ -10,6 +10,9 @@ every layer, the candidate sets of hp, pd and pd2). Prints the medians over fact
 Then the same for groups of `--group` facts, as the protocol runs them: one plain batched forward of the
 group vs the four whitebox attacks of every fact of the group, their readouts prefetched in one call and
 each attack scoring the whole group at once (`Attack.run_many`), as the protocol runs them.
+Last, what the probe costs after an edit: the other facts' states under each fact of a group's own edit
+(random per-fact deltas on the edited module), through the whole model vs resumed at the edited layer from
+the unedited model's stored inputs (`hidden_states(..., resume=...)`), with their largest difference.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from mmunlearn.attacks.context import AttackContext
 from mmunlearn.attacks.prefetch import prefetch
 from mmunlearn.attacks.registry import get_attack
 from mmunlearn.config import load_config
-from mmunlearn.experiments.unlok import load_benchmark, load_model
+from mmunlearn.defenses.batched_editor import BatchedEditor
+from mmunlearn.defenses.editor import lowest_layer
+from mmunlearn.experiments.unlok import build_components, load_benchmark, load_model
 from mmunlearn.models.adapters.base import VLMInput
 
 
@@ -79,6 +84,7 @@ def main() -> None:
                 for attack in chosen:
                     attack.run_many(contexts)
                 times.append(time.perf_counter() - t0)
+    whole, resumed, gap = probe_states_after_edit(cfg, adapter, benchmark, args.group, args.repeats)
     p, s, q = statistics.median(plain), statistics.median(suite), statistics.median(probe_times)
     gp, gl, gs = (statistics.median(t) for t in (group_plain, group_lens, group_suite)) if group_plain \
         else (0.0, 0.0, 0.0)
@@ -95,12 +101,44 @@ def main() -> None:
               f"{gl / gp:.2f}x the group's forward |")
         print(f"| hp + pd + pd2 + probe of {args.group} facts (readouts in one call) | {gs * 1e3:.2f} | "
               f"{gs / gp:.2f}x the group's forward |")
+    rows = args.group * len(benchmark)
+    print(f"| probe states after an edit ({rows} rows: {args.group} facts x every record), whole model | "
+          f"{whole * 1e3:.0f} | 1.00x (of this row) |")
+    print(f"| the same, resumed at the edited layer (largest difference {gap:.1e}) | {resumed * 1e3:.0f} | "
+          f"{resumed / whole:.2f}x the whole model |")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump({"plain_ms": p * 1e3, "suite_ms": s * 1e3, "probe_ms": q * 1e3, "ratio": s / p,
                        "group": args.group, "group_plain_ms": gp * 1e3, "group_lens_ms": gl * 1e3,
                        "group_lens_ratio": gl / gp if gp else None, "group_suite_ms": gs * 1e3,
-                       "group_ratio": gs / gp if gp else None}, fh, indent=2)
+                       "group_ratio": gs / gp if gp else None, "probe_states_whole_ms": whole * 1e3,
+                       "probe_states_resumed_ms": resumed * 1e3, "probe_states_max_difference": gap}, fh, indent=2)
+
+
+def probe_states_after_edit(cfg, adapter, benchmark, group: int, repeats: int) -> tuple[float, float, float]:  # noqa: ANN001
+    """Median seconds of the probe's training states for a group's edited models, whole vs resumed, and
+    the largest absolute difference between the two."""
+    _, _, edit_config, _ = build_components(cfg)
+    items = [VLMInput(benchmark.image(r.image), r.question) for r in benchmark.records]
+    with BatchedEditor(adapter, edit_config, slots=group) as editor:
+        layer = lowest_layer(adapter, editor.module_names)
+        stored = adapter.layer_inputs(items, layer)
+        generator = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for module in editor.modules:
+                module.B.copy_(torch.randn(module.B.shape, generator=generator) * 0.1)
+        owners = [fact for fact in range(group) for _ in items]
+        times: dict[str, list[float]] = {"whole": [], "resumed": []}
+        states = {}
+        for _ in range(repeats):
+            for kind in times:
+                t0 = time.perf_counter()
+                with editor.routed(owners):
+                    states[kind] = adapter.hidden_states(items * group,
+                                                         resume=stored * group if kind == "resumed" else None)
+                times[kind].append(time.perf_counter() - t0)
+    gap = float((states["whole"] - states["resumed"]).abs().max())
+    return statistics.median(times["whole"]), statistics.median(times["resumed"]), gap
 
 
 if __name__ == "__main__":

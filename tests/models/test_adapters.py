@@ -294,12 +294,19 @@ def test_resuming_at_a_layer_equals_the_whole_forward(adapter):
         with torch.no_grad():
             down.add_(torch.randn_like(down))
         whole = adapter.hidden_states(ITEMS)
-        resumed = adapter.hidden_states(ITEMS, resume=stored)
+        tower_calls: list[int] = []
+        hook = adapter.model.get_submodule(adapter.module_names().vision_tower).register_forward_hook(
+            lambda *_: tower_calls.append(1))
+        try:
+            resumed = adapter.hidden_states(ITEMS, resume=stored)
+        finally:
+            hook.remove()
     finally:
         with torch.no_grad():
             down.copy_(saved)
     assert not torch.allclose(whole[:, 2], before[:, 2], atol=1e-3), "the change must reach the top layer"
     assert torch.allclose(resumed, whole, atol=1e-5)
+    assert bool(tower_calls) == adapter.resume_keeps_vision, "the vision tower runs only where it sets positions"
     assert not any("forward" in vars(adapter.model.get_submodule(n)) for n in adapter.module_names().layers), \
         "the skipped layers get their own forward back"
     with pytest.raises(MMUnlearnError, match="another prompt"):

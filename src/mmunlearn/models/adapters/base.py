@@ -214,6 +214,10 @@ class VLMAdapter(abc.ABC):
     # Families whose decoder layers see the image only through the residual stream set this True: a forward
     # can then resume at a layer from stored inputs (`layer_inputs`), skipping the layers below it.
     resumes_at_layer: ClassVar[bool] = True
+    # Families whose vision inputs also place the text (Qwen2-VL's M-RoPE positions) set this True: a resumed
+    # forward keeps them. The others leave them out, and with them the vision tower, whose output would only
+    # feed the skipped layers.
+    resume_keeps_vision: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, processor: Any = None, *, tokenizer: Any = None,
                  image_processor: Any = None, chat_template: str | None = None, name: str = "",
@@ -557,6 +561,9 @@ class VLMAdapter(abc.ABC):
                     states = self._last_prompt_states(batch)
                 else:
                     mine = [resume[i] for i in group]
+                    if not self.resume_keeps_vision:
+                        text = {k: batch.inputs[k] for k in ("input_ids", "attention_mask")}
+                        batch = VLMBatch(text, batch.answer_spans, batch.has_image)
                     with self._resumed(batch, mine):
                         states = self._last_prompt_states(batch)
                     below = torch.stack([r.lower for r in mine]).to(states[0].device, states[0].dtype)

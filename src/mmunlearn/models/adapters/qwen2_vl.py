@@ -31,6 +31,7 @@ class Qwen2VLAdapter(VLMAdapter):
     vision_tower_path = "model.visual"
     projector_path = "model.visual.merger"
     default_image_token = "<|image_pad|>"
+    resume_keeps_vision = True  # the image grid sets the text's rotary positions
 
     def _image_placeholder(self, vision: dict[str, Any]) -> str:
         grid = torch.as_tensor(vision["image_grid_thw"])[0]
