@@ -22,12 +22,12 @@ import statistics
 import time
 
 import torch
+from common import unlok_setup
 
 from mmunlearn.attacks.relearning import Relearning
-from mmunlearn.config import load_config
 from mmunlearn.defenses.batched_editor import BatchedEditor, lora_init
 from mmunlearn.defenses.editor import EditExamples, Editor, lowest_layer
-from mmunlearn.experiments.unlok import build_components, load_benchmark, load_model, protocol_config
+from mmunlearn.experiments.unlok import build_components, protocol_config
 from mmunlearn.experiments.unlok_protocol import Protocol, target_string
 from mmunlearn.models.adapters.base import VLMInput
 
@@ -89,11 +89,8 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    cfg = load_config(args.overrides)
-    torch.set_num_threads(int(cfg.threads))
+    cfg, benchmark, adapter = unlok_setup(args.overrides)
     defenses, _, edit_config, _ = build_components(cfg)
-    benchmark = load_benchmark(cfg)
-    adapter = load_model(cfg, print)
     if args.protocol:
         r = protocol_side_by_side(cfg, adapter, benchmark, args.facts, args.slots)
         print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores visible, torch threads "

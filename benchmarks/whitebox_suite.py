@@ -25,14 +25,14 @@ import statistics
 import time
 
 import torch
+from common import unlok_setup
 
 from mmunlearn.attacks.context import AttackContext
 from mmunlearn.attacks.prefetch import prefetch
 from mmunlearn.attacks.registry import get_attack
-from mmunlearn.config import load_config
 from mmunlearn.defenses.batched_editor import BatchedEditor
 from mmunlearn.defenses.editor import lowest_layer
-from mmunlearn.experiments.unlok import build_components, load_benchmark, load_model
+from mmunlearn.experiments.unlok import build_components
 from mmunlearn.models.adapters.base import VLMInput
 
 
@@ -44,10 +44,7 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    cfg = load_config(args.overrides)
-    torch.set_num_threads(int(cfg.threads))
-    benchmark = load_benchmark(cfg)
-    adapter = load_model(cfg, print)
+    cfg, benchmark, adapter = unlok_setup(args.overrides)
     attacks = [get_attack(n, k=4) for n in ("hp", "pd", "pd2")]
     probe = get_attack("probe", k=4, n_train=256)
     plain, suite, probe_times = [], [], []

@@ -54,12 +54,12 @@ def prefetch(contexts: Sequence[AttackContext], attacks: Sequence[Attack], route
                     seen.add(key)
                     wanted.append((i, record))
     if wanted:
-        resume = None
-        if layer_inputs is not None and all(r.id in layer_inputs for _, r in wanted):
-            resume = [layer_inputs[r.id] for _, r in wanted]
+        items = [VLMInput(contexts[i].image(r.image), r.question) for i, r in wanted]
         with routing(route, [i for i, _ in wanted]):
-            states = adapter.hidden_states([VLMInput(contexts[i].image(r.image), r.question) for i, r in wanted],
-                                           resume=resume)
+            if layer_inputs is not None and all(r.id in layer_inputs for _, r in wanted):
+                states = adapter.hidden_states(items, resume=[layer_inputs[r.id] for _, r in wanted])
+            else:
+                states = adapter.hidden_states(items)
         for k, (i, record) in enumerate(wanted):
             contexts[i].add_states([record], states[k:k + 1])
 
