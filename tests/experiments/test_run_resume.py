@@ -3,6 +3,7 @@ work, and a run killed with SIGKILL resumes to the same summary as an uninterrup
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -76,6 +77,28 @@ def test_grouped_edits_resume_by_whole_groups(tmp_path, micro_overrides):
     assert run("b") == 0
     assert (tmp_path / "a" / "unlok" / "summary.json").read_bytes() == \
         (tmp_path / "b" / "unlok" / "summary.json").read_bytes()
+
+
+def test_worker_processes_give_the_single_process_summary(reference, tmp_path, micro_overrides):
+    """Two workers of one thread each (threads=2 shared by workers=2) against one process of one thread."""
+    overrides = [o for o in FAST if o != "threads=1"] + ["threads=2", "unlok.workers=2"]
+    code = main(["run", "--tracks", "unlok", "--out", str(tmp_path / "run"), *micro_overrides, *overrides,
+                 f"paths.cache_dir={reference / 'cache'}"])
+    assert code == 0
+    run = tmp_path / "run" / "unlok"
+    units = [json.loads(u.read_text()) for u in sorted((run / "units").glob("*.json"))]
+    assert len(units) == 3 and all(u["threads"] == 1 for u in units), "threads shared out, not multiplied"
+    assert json.loads((run / "timings.json").read_text())["workers"] == 2
+    assert (run / "summary.json").read_bytes() == (reference / "run" / "unlok" / "summary.json").read_bytes()
+    assert (run / "samples.jsonl").read_text() == (reference / "run" / "unlok" / "samples.jsonl").read_text()
+
+
+@pytest.mark.parametrize("value", ["0", "two"])
+def test_bad_worker_count_is_a_one_line_error(tmp_path, micro_overrides, capsys, value):
+    code = main(["run", "--tracks", "unlok", "--out", str(tmp_path / "run"), *micro_overrides, *FAST,
+                 f"unlok.workers={value}", f"paths.cache_dir={tmp_path}/c"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "unlok.workers" in err[0]
 
 
 def test_a_directory_of_another_config_is_refused(reference, tmp_path, micro_overrides, capsys):

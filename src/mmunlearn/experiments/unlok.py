@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from mmunlearn.data.records import Benchmark
 from mmunlearn.defenses.batched_editor import BatchedEditor
 from mmunlearn.defenses.editor import EditConfig, Editor, lowest_layer
 from mmunlearn.defenses.losses import Defense, get_defense
-from mmunlearn.errors import ConfigError
+from mmunlearn.errors import ConfigError, MMUnlearnError
 from mmunlearn.experiments.unlok_protocol import Protocol, ProtocolConfig
 from mmunlearn.experiments.unlok_summary import summarize
 from mmunlearn.models.adapters.base import VLMAdapter
@@ -171,72 +171,139 @@ def image_refs(record: Any) -> list[str]:
     return refs + [n.image for n in record.neighbour_images.values()]
 
 
+class GroupRunner:
+    """One process's editor, relearning attacker and protocol: runs units (groups of facts) and saves them.
+
+    The probe states of the unedited model are computed before the first unit (`Protocol.prime`), so a unit's
+    result depends only on its facts, whichever process runs it and whatever ran before.
+    """
+
+    def __init__(self, cfg: DictConfig, benchmark: Benchmark, adapter: VLMAdapter, show_states: bool = True) -> None:
+        self.cfg = cfg
+        self.benchmark = benchmark
+        self.adapter = adapter
+        self.show_states = show_states
+        self.defenses, self.attacks, edit_config, self.relearn_config = build_components(cfg)
+        self.overrides = edit_overrides(cfg, self.defenses)
+        self.config = protocol_config(cfg)
+        self.group = group_size(cfg)
+        self.editor = Editor(adapter, edit_config) if self.group == 1 else \
+            BatchedEditor(adapter, edit_config, slots=self.group)
+        self.protocol: Protocol | None = None
+
+    def __enter__(self) -> GroupRunner:
+        editor = self.editor.__enter__()
+        routed = self.group > 1
+        relearn = Relearning(self.adapter, self.relearn_config, seed=self.config.seed,
+                             max_new_tokens=self.config.max_new_tokens,
+                             router=editor.router if routed else None) if self.relearn_config else None
+        self.protocol = Protocol(self.adapter, self.benchmark, None if routed else editor, self.defenses,
+                                 self.attacks, self.config, relearn, edit_overrides=self.overrides,
+                                 edited_from=lowest_layer(self.adapter, editor.module_names))
+        self._primed = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.editor.__exit__(*exc)
+
+    @property
+    def trainable(self) -> int:
+        e = self.editor
+        return e.trainable_count() if isinstance(e, Editor) else sum(p.numel() for p in e.trainable) // self.group
+
+    @property
+    def modules(self) -> list[str]:
+        return list(self.editor.module_names)
+
+    def run_unit(self, start: int, units: Units) -> dict[str, Any]:
+        """Run the group of facts starting at record `start` and save it as a unit."""
+        assert self.protocol is not None, "use GroupRunner as a context manager"
+        protocol = self.protocol
+        if not self._primed and (protocol.relearn is not None or "probe" in self.attacks):
+            protocol.prime()
+        self._primed = True
+        chunk = self.benchmark.records[start:start + self.group]
+        t_group = time.perf_counter()
+        if self.group == 1:
+            results = [protocol.run_fact(chunk[0])]
+        else:
+            with tqdm(total=1 + len(self.defenses), desc="  model states", unit="state", leave=False,
+                      disable=None if self.show_states else True) as states:
+                def done_state(phase: str, states: tqdm = states) -> None:
+                    states.set_postfix_str(phase)
+                    states.update(1)
+
+                results = protocol.run_group(chunk, self.editor, progress=done_state)  # type: ignore[arg-type]
+        done = {"facts": [r.id for r in chunk], "rows": results, "seconds": time.perf_counter() - t_group,
+                "threads": torch.get_num_threads()}
+        units.save(start, unit_key(chunk, self.group), done)
+        return done
+
+
+def group_size(cfg: DictConfig) -> int:
+    return max(1, int(cfg.unlok.get("batch_facts", 1) or 1))
+
+
+def unit_key(chunk: Sequence[Any], group: int) -> str:
+    """A group's results depend on its members, so a unit is keyed by them (with groups of one, by the fact)."""
+    return chunk[0].id if group == 1 else f"{chunk[0].id}+{len(chunk) - 1}"
+
+
 def run_unlok(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print) -> UnlokResult:
     """Run (or resume) the experiment in `out_dir` and write its outputs; returns the summary.
 
     Each group of `unlok.batch_facts` facts is one unit, written atomically when it finishes; a rerun skips
-    finished units.
+    finished units. With `unlok.workers` > 1 the pending units are shared among that many processes.
     """
+    from mmunlearn.experiments.unlok_workers import configured_workers, run_in_workers
+
     torch.set_num_threads(int(cfg.threads))
-    defenses, attacks, edit_config, relearn_config = build_components(cfg)
-    overrides = edit_overrides(cfg, defenses)
+    build_components(cfg)  # every component and the worker count checked before any work
+    workers = configured_workers(cfg)
     config_dict = OmegaConf.to_container(cfg, resolve=True)
     started, t0 = now(), time.perf_counter()
     resumed = claim(out_dir, config_dict, {"seeds": {"unlok": int(cfg.unlok.seed)}, "started": started,
                                            "versions": package_versions(), "git_sha": git_sha()})
     benchmark = load_benchmark(cfg)
     adapter = load_model(cfg, log)
-    config = protocol_config(cfg)
     units = Units(out_dir)
-    log(f"unlok: {len(benchmark)} facts, {len(defenses)} defenses, {len(attacks)} attacks"
-        f"{' + relearning' if relearn_config else ''} on {adapter.name}{' (resuming)' if resumed else ''}")
+    records = benchmark.records
+    group = group_size(cfg)
+    starts = list(range(0, len(records), group))
+    pending = [s for s in starts if units.load(s, unit_key(records[s:s + group], group)) is None]
+    workers = min(workers, max(1, len(pending)))
+    with GroupRunner(cfg, benchmark, adapter) as runner:
+        log(f"unlok: {len(benchmark)} facts, {len(runner.defenses)} defenses, {len(runner.attacks)} attacks"
+            f"{' + relearning' if runner.relearn_config else ''} on {adapter.name}"
+            f"{f', {workers} worker processes' if workers > 1 else ''}{' (resuming)' if resumed else ''}")
+        with tqdm(total=len(records), desc="unlok facts", unit="fact", disable=None) as bar:
+            bar.update(len(records) - sum(len(records[s:s + group]) for s in pending))
+            if workers > 1:
+                run_in_workers(cfg, out_dir, pending, workers,
+                               on_unit=lambda s: bar.update(len(records[s:s + group])))
+            else:
+                for start in pending:
+                    runner.run_unit(start, units)
+                    bar.update(len(records[start:start + group]))
+        trainable, modules = runner.trainable, runner.modules
     rows: list[dict[str, Any]] = []
     fact_seconds: list[float] = []
-    group = max(1, int(cfg.unlok.get("batch_facts", 1) or 1))
-    editor_cm = Editor(adapter, edit_config) if group == 1 else BatchedEditor(adapter, edit_config, slots=group)
-    with editor_cm as editor:
-        relearn = Relearning(adapter, relearn_config, seed=config.seed, max_new_tokens=config.max_new_tokens,
-                             router=None if group == 1 else editor.router) if relearn_config else None
-        protocol = Protocol(adapter, benchmark, editor if group == 1 else None, defenses, attacks, config, relearn,
-                            edit_overrides=overrides, edited_from=lowest_layer(adapter, editor.module_names))
-        if relearn_config is not None or "probe" in attacks:
-            protocol.prime()
-        records = benchmark.records
-        with tqdm(total=len(records), desc="unlok facts", unit="fact", disable=None) as bar:
-            for start in range(0, len(records), group):
-                # One unit per group of facts (a group's results depend on its members, so it is written and
-                # skipped as a whole); with groups of one, one unit per fact.
-                chunk = records[start:start + group]
-                key = chunk[0].id if group == 1 else f"{chunk[0].id}+{len(chunk) - 1}"
-                done = units.load(start, key)
-                if done is None:
-                    t_group = time.perf_counter()
-                    if group == 1:
-                        results = [protocol.run_fact(chunk[0])]
-                    else:
-                        with tqdm(total=1 + len(defenses), desc="  model states", unit="state", leave=False,
-                                  disable=None) as states:
-                            def done_state(phase: str, states: tqdm = states) -> None:
-                                states.set_postfix_str(phase)
-                                states.update(1)
-
-                            results = protocol.run_group(chunk, editor, progress=done_state)
-                    done = {"facts": [r.id for r in chunk], "rows": results,
-                            "seconds": time.perf_counter() - t_group}
-                    units.save(start, key, done)
-                for fact_rows in done["rows"]:
-                    rows += fact_rows
-                fact_seconds += [float(done["seconds"]) / len(chunk)] * len(chunk)
-                bar.update(len(chunk))
-        trainable = editor.trainable_count() if group == 1 else sum(p.numel() for p in editor.trainable) // group
-        modules = editor.module_names
-    attack_names = list(attacks) + (["relearning"] if relearn_config else [])
+    for start in starts:
+        chunk = records[start:start + group]
+        done = units.load(start, unit_key(chunk, group))
+        if done is None:
+            raise MMUnlearnError(f"{units.path(start, unit_key(chunk, group))}: unit missing after the run")
+        for fact_rows in done["rows"]:
+            rows += fact_rows
+        fact_seconds += [float(done["seconds"]) / len(chunk)] * len(chunk)
+    defenses, attacks = runner.defenses, runner.attacks
+    attack_names = list(attacks) + (["relearning"] if runner.relearn_config else [])
     summary = summarize(rows, list(defenses), attack_names, {n: d.target for n, d in defenses.items()},
-                        seed=config.seed)
+                        seed=int(cfg.unlok.seed))
     summary["model"] = adapter.name
     summary["edit"] = {"trainable_parameters": trainable, "modules": modules}
     timings = {"protocol_seconds": sum(fact_seconds), "per_fact_seconds": sum(fact_seconds) / max(1, len(fact_seconds)),
-               "wall_seconds_this_call": time.perf_counter() - t0}
+               "wall_seconds_this_call": time.perf_counter() - t0, "workers": workers}
     write_jsonl_atomic(out_dir / "samples.jsonl", rows)
     _save_records(out_dir, benchmark)
     write_json_atomic(out_dir / "summary.json", summary)
