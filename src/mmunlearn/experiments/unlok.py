@@ -179,7 +179,6 @@ class GroupRunner:
     """
 
     def __init__(self, cfg: DictConfig, benchmark: Benchmark, adapter: VLMAdapter, show_states: bool = True) -> None:
-        self.cfg = cfg
         self.benchmark = benchmark
         self.adapter = adapter
         self.show_states = show_states
@@ -190,6 +189,7 @@ class GroupRunner:
         self.editor = Editor(adapter, edit_config) if self.group == 1 else \
             BatchedEditor(adapter, edit_config, slots=self.group)
         self.protocol: Protocol | None = None
+        self._primed = False
 
     def __enter__(self) -> GroupRunner:
         editor = self.editor.__enter__()
@@ -200,7 +200,6 @@ class GroupRunner:
         self.protocol = Protocol(self.adapter, self.benchmark, None if routed else editor, self.defenses,
                                  self.attacks, self.config, relearn, edit_overrides=self.overrides,
                                  edited_from=lowest_layer(self.adapter, editor.module_names))
-        self._primed = False
         return self
 
     def __exit__(self, *exc: object) -> None:
