@@ -1,7 +1,8 @@
 """UnLOK units shared among worker processes on one machine (`unlok.workers`).
 
-A small model on a CPU keeps few cores busy inside one forward pass: on 2 cores two processes of one thread
-each finish 1.27x the groups of one process of two threads (benchmarks/protocol_phases.py, docs/performance.md).
+A small model on a CPU keeps few cores busy inside one forward pass: on 2 cores the default UnLOK run takes
+194 s in two processes of one thread each and 231 s in one process of two threads (benchmarks/unlok_workers.py,
+docs/performance.md).
 Units are independent (a group's results depend only on its facts, `GroupRunner`), so each worker loads the
 model, takes pending units from a shared queue, and writes each finished unit into the run directory as the
 single process would; the parent then assembles the summary from the units. Each worker gets

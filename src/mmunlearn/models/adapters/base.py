@@ -566,8 +566,10 @@ class VLMAdapter(abc.ABC):
                         batch = VLMBatch(text, batch.answer_spans, batch.has_image)
                     with self._resumed(batch, mine):
                         states = self._last_prompt_states(batch)
+                    # Entries below the layer: the stored ones (the skipped layers only passed their input on).
+                    layer = mine[0].layer
                     below = torch.stack([r.lower for r in mine]).to(states[0].device, states[0].dtype)
-                    states[:mine[0].layer] = below.unbind(1)[:mine[0].layer]
+                    states[:layer] = below.unbind(1)[:layer]
                 stacked = torch.stack(states, dim=1)  # [batch, n_layers + 1, hidden]
                 if hidden:
                     h_blocks.append(stacked.float().cpu())
@@ -642,7 +644,7 @@ class VLMAdapter(abc.ABC):
                 raise MMUnlearnError(f"resume: row {b} has {int(n)} prompt positions but its stored layer input "
                                      f"{r.states.shape[0]} (inputs of another prompt?)")
             stored[b, width - int(n):] = r.states
-        stored = stored.to(self._decoder_layer(layer).parameters().__next__().device)
+        stored = stored.to(next(self._decoder_layer(layer).parameters()).device)
 
         def through(*args: Any, **kwargs: Any) -> torch.Tensor:
             return args[0] if args else kwargs["hidden_states"]
