@@ -139,3 +139,15 @@ def test_sigkill_at_any_point_resumes_to_the_same_summary(reference, tmp_path, m
     finished = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert finished.returncode == 0, finished.stderr
     assert _summaries(run) == _summaries(reference / "run")
+
+
+def test_a_worker_error_stops_the_run_with_its_one_line_message(tmp_path, micro_overrides):
+    from mmunlearn.config import load_config
+    from mmunlearn.errors import MMUnlearnError
+    from mmunlearn.experiments.unlok_workers import run_in_workers
+
+    cfg = load_config([*micro_overrides, *FAST, f"paths.cache_dir={tmp_path}/c"])
+    finished: list[int] = []
+    with pytest.raises(MMUnlearnError, match=r"^unlok worker: \w+Error") as error:
+        run_in_workers(cfg, tmp_path / "run", [10_000], 1, on_unit=finished.append)  # no fact at 10,000
+    assert "\n" not in str(error.value) and not finished

@@ -92,8 +92,9 @@ def run_in_workers(cfg: DictConfig, out_dir: Path, starts: Sequence[int], worker
             except queue.Empty:
                 dead = [p for p in processes if p.exitcode not in (None, 0)]
                 if dead:
-                    raise MMUnlearnError(f"an unlok worker process exited with code {dead[0].exitcode} "
-                                         "(out of memory?); finished units are kept, rerun to resume") from None
+                    raise MMUnlearnError(f"an unlok worker process exited with code {dead[0].exitcode} without a "
+                                         "report (killed, e.g. out of memory, or it could not start); finished "
+                                         "units are kept, rerun to resume") from None
                 continue
             if kind == "error":
                 raise MMUnlearnError(f"unlok worker: {value}")
