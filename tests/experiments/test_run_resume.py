@@ -93,6 +93,16 @@ def test_worker_processes_give_the_single_process_summary(reference, tmp_path, m
     assert (run / "samples.jsonl").read_text() == (reference / "run" / "unlok" / "samples.jsonl").read_text()
 
 
+@pytest.mark.parametrize(("overrides", "expected"), [(["threads=3"], 3), (["threads=3", "unlok.model=some/model"], 1),
+                                                     (["unlok.workers=2", "unlok.model=some/model"], 2)])
+def test_auto_workers_are_one_per_thread_for_the_tiny_model_only(overrides, expected):
+    from mmunlearn.config import load_config
+    from mmunlearn.experiments.unlok_workers import configured_workers
+
+    assert configured_workers(load_config(overrides)) == expected
+    assert configured_workers(load_config(["model=smol"])) == 1
+
+
 @pytest.mark.parametrize("value", ["0", "two"])
 def test_bad_worker_count_is_a_one_line_error(tmp_path, micro_overrides, capsys, value):
     code = main(["run", "--tracks", "unlok", "--out", str(tmp_path / "run"), *micro_overrides, *FAST,

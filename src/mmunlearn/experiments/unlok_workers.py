@@ -25,14 +25,17 @@ from mmunlearn.errors import ConfigError, MMUnlearnError
 
 
 def configured_workers(cfg: DictConfig) -> int:
-    """`unlok.workers` (default 1), checked."""
+    """`unlok.workers`, checked: a whole number >= 1, or `auto` = one per `threads` for the embedded tiny model
+    (`unlok.model: null`) and 1 for any other model (each worker holds a copy of it)."""
     value = cfg.unlok.get("workers", 1)
+    if value == "auto":
+        return max(1, int(cfg.threads)) if cfg.unlok.get("model") is None else 1
     try:
         workers = int(1 if value is None else value)
     except (TypeError, ValueError):
-        raise ConfigError(f"config unlok.workers: expected a whole number >= 1, got {value!r}") from None
+        raise ConfigError(f"config unlok.workers: expected auto or a whole number >= 1, got {value!r}") from None
     if workers < 1:
-        raise ConfigError(f"config unlok.workers: expected a whole number >= 1, got {value!r}")
+        raise ConfigError(f"config unlok.workers: expected auto or a whole number >= 1, got {value!r}")
     return workers
 
 
