@@ -15,3 +15,9 @@ class DataError(MMUnlearnError):
 
 class CacheError(MMUnlearnError):
     """A missing or corrupt cached artefact."""
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """Whitespace collapsed and truncated, so a wrapped library error stays a one-line message."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."

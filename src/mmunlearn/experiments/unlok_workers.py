@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mmunlearn.errors import ConfigError, MMUnlearnError
+from mmunlearn.errors import ConfigError, MMUnlearnError, one_line
 
 
 def configured_workers(cfg: DictConfig) -> int:
@@ -37,11 +37,6 @@ def configured_workers(cfg: DictConfig) -> int:
     if workers < 1:
         raise ConfigError(f"config unlok.workers: expected auto or a whole number >= 1, got {value!r}")
     return workers
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:400] if text else type(exc).__name__
 
 
 def _work(config: dict[str, Any], out_dir: str, threads: int, todo: Any, results: Any, parent: int) -> None:
@@ -68,7 +63,7 @@ def _work(config: dict[str, Any], out_dir: str, threads: int, todo: Any, results
                 results.put(("unit", start))
         results.put(("done", None))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
-        results.put(("error", _one_line(exc)))
+        results.put(("error", one_line(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, 400)))
 
 
 def run_in_workers(cfg: DictConfig, out_dir: Path, starts: Sequence[int], workers: int,

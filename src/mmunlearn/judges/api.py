@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmunlearn.errors import ConfigError, MMUnlearnError
+from mmunlearn.errors import ConfigError, MMUnlearnError, one_line
 from mmunlearn.judges.base import (
     Judge,
     JudgeInput,
@@ -26,7 +26,6 @@ from mmunlearn.judges.base import (
     check_strings,
     check_template,
     fill_template,
-    one_line,
     register_judge,
     short_hash,
 )

@@ -132,12 +132,6 @@ def short_hash(payload: Any, length: int = 10) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:length]
 
 
-def one_line(text: object, limit: int = 300) -> str:
-    """Whitespace collapsed and truncated, so a wrapped library error stays a one-line message."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
 def hint(word: str, known: Sequence[str]) -> str:
     """"; did you mean 'x'?" or "" (shared with every registry)."""
     return did_you_mean(word, known)

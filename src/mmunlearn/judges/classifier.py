@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmunlearn.errors import ConfigError, MMUnlearnError
+from mmunlearn.errors import ConfigError, MMUnlearnError, one_line
 from mmunlearn.judges.base import (
     Judge,
     JudgeInput,
@@ -24,7 +24,6 @@ from mmunlearn.judges.base import (
     check_template,
     fill_template,
     hint,
-    one_line,
     register_judge,
     short_hash,
 )
