@@ -19,13 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import time
 
 import torch
-from common import unlok_setup
+from common import SHAPES, clock, machine, unlok_setup
 
 from mmunlearn.attacks.context import AttackContext
 from mmunlearn.attacks.prefetch import prefetch
@@ -41,10 +38,12 @@ def main() -> None:
     parser.add_argument("--facts", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--group", type=int, default=16)
+    parser.add_argument("--shape", choices=sorted(SHAPES),
+                        help="time a randomly initialised model of this shape (on the config's device)")
     parser.add_argument("--out")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    cfg, benchmark, adapter = unlok_setup(args.overrides)
+    cfg, benchmark, adapter = unlok_setup(args.overrides, args.shape)
     attacks = [get_attack(n, k=4) for n in ("hp", "pd", "pd2")]
     probe = get_attack("probe", k=4, n_train=256)
     plain, suite, probe_times = [], [], []
@@ -52,40 +51,40 @@ def main() -> None:
     for record in benchmark.records[:args.facts]:
         item = VLMInput(benchmark.image(record.image), record.question)
         for _ in range(args.repeats):
-            t0 = time.perf_counter()  # both sides start from the VLMInput (row encodings cached alike)
+            t0 = clock(adapter)  # both sides start from the VLMInput (row encodings cached alike)
             with torch.no_grad():
                 adapter.model(**adapter.format([item], for_generation=True).model_inputs())
-            plain.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
+            plain.append(clock(adapter) - t0)
+            t0 = clock(adapter)
             ctx = AttackContext(adapter, benchmark, record, seed=0, state_cache=cache)
             for attack in attacks:
                 attack.run(ctx)
-            suite.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
+            suite.append(clock(adapter) - t0)
+            t0 = clock(adapter)
             probe.run(ctx)
-            probe_times.append(time.perf_counter() - t0)
+            probe_times.append(clock(adapter) - t0)
     group_plain, group_lens, group_suite = [], [], []
     records = benchmark.records[:args.facts]
     for start in range(0, len(records) - args.group + 1, args.group):
         chunk = records[start:start + args.group]
         items = [VLMInput(benchmark.image(r.image), r.question) for r in chunk]
         for _ in range(args.repeats):
-            t0 = time.perf_counter()
+            t0 = clock(adapter)
             with torch.no_grad():
                 adapter.model(**adapter.format(items, for_generation=True).model_inputs())
-            group_plain.append(time.perf_counter() - t0)
+            group_plain.append(clock(adapter) - t0)
             for chosen, times in ((attacks, group_lens), ([*attacks, probe], group_suite)):
-                t0 = time.perf_counter()
+                t0 = clock(adapter)
                 contexts = [AttackContext(adapter, benchmark, r, seed=0, state_cache=cache) for r in chunk]
                 prefetch(contexts, chosen)
                 for attack in chosen:
                     attack.run_many(contexts)
-                times.append(time.perf_counter() - t0)
+                times.append(clock(adapter) - t0)
     whole, resumed, gap = probe_states_after_edit(cfg, adapter, benchmark, args.group, args.repeats)
     p, s, q = statistics.median(plain), statistics.median(suite), statistics.median(probe_times)
     gp, gl, gs = (statistics.median(t) for t in (group_plain, group_lens, group_suite)) if group_plain \
         else (0.0, 0.0, 0.0)
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}; "
+    print(f"\nmachine: {machine(adapter)}; "
           f"{min(args.facts, len(benchmark))} facts x {args.repeats} repeats, medians")
     print("| measure | median ms | ratio to one plain forward |")
     print("|---|---|---|")
@@ -129,11 +128,11 @@ def probe_states_after_edit(cfg, adapter, benchmark, group: int, repeats: int) -
         states = {}
         for _ in range(repeats):
             for kind in times:
-                t0 = time.perf_counter()
+                t0 = clock(adapter)
                 with editor.routed(owners):
                     states[kind] = adapter.hidden_states(items * group,
                                                          resume=stored * group if kind == "resumed" else None)
-                times[kind].append(time.perf_counter() - t0)
+                times[kind].append(clock(adapter) - t0)
     gap = float((states["whole"] - states["resumed"]).abs().max())
     return statistics.median(times["whole"]), statistics.median(times["resumed"]), gap
 

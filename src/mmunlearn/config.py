@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -133,6 +134,21 @@ def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
                             n_text_variants=int(extra.get("n_text_variants", 8)),
                             eval_limit=int(extra.get("eval_limit", 600)), log_every=int(extra.get("log_every", 100)),
                             align=align, lora=lora, vision_warmup=vision)
+
+
+def configured_device(cfg: DictConfig) -> torch.device:
+    """`device`, checked before any work: a torch device this machine has."""
+    value = cfg.get("device", "cpu")
+    try:
+        device = torch.device(str(value))
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"config device: expected a torch device such as cpu or cuda, got {value!r}") from None
+    backend = getattr(torch, device.type, None)
+    available = device.type == "cpu" or (backend is not None and backend.is_available() and (
+        device.index is None or device.index < getattr(backend, "device_count", lambda: 1)()))
+    if not available:
+        raise ConfigError(f"config device: {value!r} is not available on this machine (torch {torch.__version__})")
+    return device
 
 
 def cache_dir(cfg: DictConfig) -> Path:

@@ -94,8 +94,9 @@ def test_worker_processes_give_the_single_process_summary(reference, tmp_path, m
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [(["threads=3"], 3), (["threads=3", "unlok.model=some/model"], 1),
+                                                     (["threads=3", "device=cuda"], 1),
                                                      (["unlok.workers=2", "unlok.model=some/model"], 2)])
-def test_auto_workers_are_one_per_thread_for_the_tiny_model_only(overrides, expected):
+def test_auto_workers_are_one_per_thread_for_the_tiny_model_on_the_cpu_only(overrides, expected):
     from mmunlearn.config import load_config
     from mmunlearn.experiments.unlok_workers import configured_workers
 

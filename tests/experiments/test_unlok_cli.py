@@ -61,6 +61,8 @@ def test_exported_unlok_json_runs_through_the_same_protocol(tmp_path, cache, mic
     ("unlok.attacks=[hp,multimodel]", "did you mean 'multimodal'"),
     ("+unlok.attack_params.hp.kk=3", "'kk'"),
     ("unlok.edit.method=qlora", "edit.method"),
+    ("device=gpu0", "config device"),
+    ("device=cuda:99", "config device: 'cuda:99' is not available"),
 ])
 def test_bad_names_fail_in_one_line_before_any_work(tmp_path, override, message, capsys):
     code = main(["unlok", "run", "--out", str(tmp_path / "never"), override, "paths.cache_dir=/nonexistent"])

@@ -194,7 +194,7 @@ def evaluate(adapter: VLMAdapter, run: str, data: SafetyData, suites: dict[str, 
 
 def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print) -> tuple[dict[str, Any], float]:
     """Run (or resume) the safety experiment in `out_dir`; each run (train + evaluate) is one unit."""
-    from mmunlearn.config import world_config
+    from mmunlearn.config import configured_device, world_config
     from mmunlearn.experiments.unlok import load_model_by_name
     from mmunlearn.pretrain.pipeline import build_world
 
@@ -203,6 +203,7 @@ def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = prin
     suite_params = _node(cfg, "suite_params") or {}
     suites = {n: get_suite(n, **(suite_params.get(n) or {})) for n in _node(cfg, "suites")}
     judges = {n: get_judge(n) for n in _node(cfg, "judges")}
+    configured_device(cfg)
     started, t0 = now(), time.perf_counter()
     seed = int(cfg.safety.seed)
     resumed = claim(out_dir, OmegaConf.to_container(cfg, resolve=True),

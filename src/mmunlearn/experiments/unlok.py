@@ -88,17 +88,21 @@ def protocol_config(cfg: DictConfig) -> ProtocolConfig:
 
 def load_model_by_name(cfg: DictConfig, name: Any, batch_size: int, log: Callable[[str], None]) -> VLMAdapter:
     """A model behind the adapter interface: None = the tiny model (pretrained once, cached), a packaged run
-    config name (conf/model), or a directory / hub id."""
+    config name (conf/model, placed by its own device_map), or a directory / hub id; the last two and the
+    tiny model run on `device`."""
+    from mmunlearn.config import configured_device
     from mmunlearn.models.adapters.base import load_adapter
     from mmunlearn.models.registry import available_run_configs, load_from_run_config
 
+    device = configured_device(cfg)
+    device_map = None if device.type == "cpu" else {"": str(device)}
     if name is None:
         from mmunlearn.pretrain.pipeline import pretrain
 
-        return load_adapter(pretrain(cfg, log=log).path, batch_size=batch_size)
+        return load_adapter(pretrain(cfg, log=log).path, batch_size=batch_size, device_map=device_map)
     if str(name) in available_run_configs():
         return load_from_run_config(str(name), batch_size=batch_size)
-    return load_adapter(str(name), batch_size=batch_size)
+    return load_adapter(str(name), batch_size=batch_size, device_map=device_map)
 
 
 def load_model(cfg: DictConfig, log: Callable[[str], None]) -> VLMAdapter:
@@ -257,7 +261,10 @@ def run_unlok(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print
     from mmunlearn.experiments.unlok_workers import configured_workers, run_in_workers
 
     torch.set_num_threads(int(cfg.threads))
-    build_components(cfg)  # every component and the worker count checked before any work
+    from mmunlearn.config import configured_device
+
+    build_components(cfg)  # every component, the device and the worker count checked before any work
+    configured_device(cfg)
     workers = configured_workers(cfg)
     config_dict = OmegaConf.to_container(cfg, resolve=True)
     started, t0 = now(), time.perf_counter()

@@ -26,10 +26,12 @@ from mmunlearn.errors import ConfigError, MMUnlearnError, one_line
 
 def configured_workers(cfg: DictConfig) -> int:
     """`unlok.workers`, checked: a whole number >= 1, or `auto` = one per `threads` for the embedded tiny model
-    (`unlok.model: null`) and 1 for any other model (each worker holds a copy of it)."""
+    on the CPU (`unlok.model: null`, `device: cpu`) and 1 otherwise (each worker holds a copy of the model; one
+    process keeps an accelerator busy)."""
     value = cfg.unlok.get("workers", 1)
     if value == "auto":
-        return max(1, int(cfg.threads)) if cfg.unlok.get("model") is None else 1
+        on_cpu = str(cfg.get("device", "cpu")) == "cpu"
+        return max(1, int(cfg.threads)) if cfg.unlok.get("model") is None and on_cpu else 1
     try:
         workers = int(1 if value is None else value)
     except (TypeError, ValueError):
