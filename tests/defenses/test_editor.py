@@ -113,3 +113,28 @@ def test_bad_edit_configs_are_one_line_errors(config, match):
 def test_layer_out_of_range_is_a_config_error(micro_adapter):
     with pytest.raises(ConfigError, match="edit.layers"):
         Editor(micro_adapter, EditConfig(layers=(7,)))
+
+
+@pytest.mark.parametrize("name, lens", [("fact_erasure", None), ("head_projection", [1, 2]), ("grad_diff", None),
+                                        ("head_projection", [0, 1, 2])])
+def test_edits_run_from_the_edited_layer_equal_whole_forward_edits(micro_adapter, micro_benchmark, name, lens):
+    """Layer 1 of the micro model's 2 edited from the stored layer-1 inputs: the same losses and edit; with a
+    logit-lens layer below the edited one the forward runs whole."""
+    from mmunlearn.defenses.editor import run_from
+
+    defense = get_defense(name, **({"k": 80} if name == "head_projection" else {}))
+    record, other = micro_benchmark.records[:2]
+    examples = EditExamples(_fact(micro_benchmark), [VLMInput(micro_benchmark.image(other.image), other.question,
+                                                              other.answer)])
+    results = []
+    for resume in (False, True):
+        config = EditConfig(lr=0.05, steps=4, layers=(1,), from_edited_layer=resume)
+        with Editor(micro_adapter, config) as editor:
+            batch = micro_adapter.format(examples.forget, for_generation=False)
+            assert (run_from(micro_adapter, batch, config, editor.module_names, lens).layer == 1) == \
+                (resume and (lens is None or min(lens) >= 1))
+            log = editor.edit(defense, examples, lens)
+            results.append((log.losses, [p.detach().clone() for p in editor.trainable]))
+    (whole_losses, whole_params), (losses, params) = results
+    assert losses == pytest.approx(whole_losses, rel=1e-5, abs=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(params, whole_params))

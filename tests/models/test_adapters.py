@@ -277,6 +277,40 @@ def test_qwen_manual_path_equals_qwen2vl_processor(family, adapter_for):
     assert torch.equal(batch.inputs["mm_token_type_ids"], expected["mm_token_type_ids"].long())
 
 
+def test_a_training_batch_run_from_a_layer_equals_the_whole_forward(adapter):
+    """Logits, loss and the gradient of a layer-1 weight: the same from the stored layer-1 input as whole."""
+    tower_calls: list[int] = []
+    for items in groups(adapter, ITEMS):
+        batch = adapter.format(items, for_generation=False)
+        start = adapter.from_layer(batch, 1)
+        if not adapter.resumes_at_layer:
+            assert start is batch
+            continue
+        assert start.layer == 1 and start.layer_input.shape[:2] == batch.inputs["input_ids"].shape
+        down = adapter.model.get_submodule(adapter.module_names().mlp_down[1]).weight
+        results = []
+        hook = adapter.model.get_submodule(adapter.module_names().vision_tower).register_forward_hook(
+            lambda *_: tower_calls.append(1))
+        try:
+            for run in (batch, start):
+                tower_calls.clear()
+                down.requires_grad_(True)
+                out = adapter.forward_batch(run, with_labels=True)
+                out.loss.backward()
+                results.append((out.logits.detach(), out.loss.detach(), down.grad.clone(), bool(tower_calls)))
+                down.grad = None
+        finally:
+            hook.remove()
+            down.requires_grad_(False)
+        (logits, loss, grad, whole_tower), (r_logits, r_loss, r_grad, resumed_tower) = results
+        assert torch.allclose(r_logits, logits, atol=1e-5) and torch.allclose(r_loss, loss, atol=1e-6)
+        assert torch.allclose(r_grad, grad, atol=1e-6) and grad.abs().sum() > 0
+        assert whole_tower == any(run.image is not None for run in items)
+        assert resumed_tower == (whole_tower and adapter.resume_keeps_vision)
+    with pytest.raises(ConfigError, match="outside"):
+        adapter.from_layer(adapter.format(ITEMS[1:2], for_generation=False), adapter.num_layers)
+
+
 def test_resuming_at_a_layer_equals_the_whole_forward(adapter):
     """States of a model changed only from layer 1 up, resumed from the unchanged model's layer-1 inputs."""
     if not adapter.resumes_at_layer:

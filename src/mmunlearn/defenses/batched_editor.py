@@ -26,6 +26,7 @@ from mmunlearn.defenses.editor import (
     Editor,
     forward_terms,
     retain_nll,
+    run_from,
     target_module_names,
     training_only,
 )
@@ -101,10 +102,12 @@ class BatchedEditor:
         start = time.perf_counter()
         forget_rows = [r for ex in examples for r in ex.forget]
         owner = torch.tensor([i for i, ex in enumerate(examples) for _ in ex.forget])
-        forget = self.adapter.format(forget_rows, for_generation=False)
+        lens = lens_layers if defense.needs_lens else None
+        forget = run_from(self.adapter, self.adapter.format(forget_rows, for_generation=False), self.config,
+                          self.module_names, lens)
         use_retain = bool(defense.retain_weight) and all(ex.retain for ex in examples)
-        retain = [self.adapter.format(list(ex.retain), for_generation=False) for ex in examples] if use_retain \
-            else None
+        retain = [run_from(self.adapter, self.adapter.format(list(ex.retain), for_generation=False), self.config,
+                           self.module_names, None) for ex in examples] if use_retain else None
         ref = None
         if defense.needs_reference:
             with torch.no_grad():
@@ -114,7 +117,7 @@ class BatchedEditor:
         try:
             with training_only(self.adapter.model, self.trainable):
                 for _ in range(self.config.steps if steps is None else steps):
-                    terms = self._terms(forget, owner, lens_layers if defense.needs_lens else None)
+                    terms = self._terms(forget, owner, lens)
                     total = 0.0
                     for i in range(len(examples)):
                         mine = owner == i

@@ -40,6 +40,9 @@ class EditConfig:
     steps: int = 10
     seed: int = 0
     verify_restore: bool = True
+    # Each step runs from the lowest edited layer up: the layers below (and the vision tower, where the image
+    # enters only through the residual stream) run once per edit, since the edit does not change them.
+    from_edited_layer: bool = True
 
     def __post_init__(self) -> None:
         if self.method not in ("lora", "full"):
@@ -87,6 +90,16 @@ def lowest_layer(adapter: VLMAdapter, module_names: Sequence[str]) -> int | None
     an edit of those modules leaves the model as it was."""
     layers = [adapter.layer_of(name) for name in module_names]
     return None if not layers or None in layers else min(layers)  # type: ignore[type-var]
+
+
+def run_from(adapter: VLMAdapter, batch: VLMBatch, config: EditConfig, module_names: Sequence[str],
+             lens_layers: Sequence[int] | None) -> VLMBatch:
+    """`batch`, to be run from the lowest edited layer up when the config asks for it and no logit-lens layer
+    the loss reads lies below it (those hidden states come from the skipped layers)."""
+    layer = lowest_layer(adapter, module_names) if config.from_edited_layer else None
+    if layer is None or (lens_layers is not None and min(lens_layers) < layer):
+        return batch
+    return adapter.from_layer(batch, layer)
 
 
 @contextlib.contextmanager
@@ -162,9 +175,11 @@ class Editor:
         """Train the trainable parameters on `defense`'s loss for `steps` AdamW steps (default: the config's)."""
         start = time.perf_counter()
         # Tokenisation and image processing happen once per edit, not once per step.
-        forget = self.adapter.format(list(examples.forget), for_generation=False)
-        retain = self.adapter.format(list(examples.retain), for_generation=False) \
-            if examples.retain and defense.retain_weight else None
+        lens = lens_layers if defense.needs_lens else None
+        forget = run_from(self.adapter, self.adapter.format(list(examples.forget), for_generation=False),
+                          self.config, self.module_names, lens)
+        retain = run_from(self.adapter, self.adapter.format(list(examples.retain), for_generation=False),
+                          self.config, self.module_names, None) if examples.retain and defense.retain_weight else None
         ref = None
         if defense.needs_reference:
             with torch.no_grad():
@@ -173,7 +188,7 @@ class Editor:
         losses = []
         with training_only(self.model, self.trainable):
             for _ in range(self.config.steps if steps is None else steps):
-                terms = forward_terms(self.adapter, forget, lens_layers if defense.needs_lens else None)
+                terms = forward_terms(self.adapter, forget, lens)
                 terms.ref_logprob = ref
                 if retain is not None:
                     terms.retain_nll = retain_nll(self.adapter, retain)
@@ -237,7 +252,7 @@ def forward_terms(adapter: VLMAdapter, items: Sequence[VLMInput] | VLMBatch,
     hidden-state indices `lens_layers`, with gradients, as log-probabilities.
     """
     batch = items if isinstance(items, VLMBatch) else adapter.format(list(items), for_generation=False)
-    out = adapter.model(**batch.model_inputs(), output_hidden_states=lens_layers is not None)
+    out = adapter.forward_batch(batch, output_hidden_states=lens_layers is not None)
     ids = batch.inputs["input_ids"]
     stops = set(adapter.stop_token_ids)
     logprobs, first = [], []
@@ -261,4 +276,4 @@ def forward_terms(adapter: VLMAdapter, items: Sequence[VLMInput] | VLMBatch,
 def retain_nll(adapter: VLMAdapter, items: Sequence[VLMInput] | VLMBatch) -> torch.Tensor:
     """Mean per-token NLL of the retain rows' answers (end-of-turn included): the usual retain term."""
     batch = items if isinstance(items, VLMBatch) else adapter.format(list(items), for_generation=False)
-    return adapter.model(**batch.model_inputs(with_labels=True)).loss
+    return adapter.forward_batch(batch, with_labels=True).loss

@@ -149,6 +149,10 @@ class VLMBatch:
     inputs: dict[str, torch.Tensor]
     answer_spans: list[tuple[int, int]]
     has_image: list[bool]
+    # Set by `VLMAdapter.from_layer`: `forward_batch` runs this batch from decoder layer `layer` up, that
+    # layer's input being `layer_input` [batch, width, hidden] (on the model's device).
+    layer: int | None = None
+    layer_input: torch.Tensor | None = None
 
     def model_inputs(self, with_labels: bool = False) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.inputs.items() if with_labels or k != "labels"}
@@ -183,6 +187,10 @@ class LayerInput:
     layer: int
     states: torch.Tensor
     lower: torch.Tensor
+
+
+class _LayerReached(Exception):
+    """Stops a forward pass once the layer whose input `from_layer` wants has been reached."""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -644,7 +652,13 @@ class VLMAdapter(abc.ABC):
                 raise MMUnlearnError(f"resume: row {b} has {int(n)} prompt positions but its stored layer input "
                                      f"{r.states.shape[0]} (inputs of another prompt?)")
             stored[b, width - int(n):] = r.states
-        stored = stored.to(next(self._decoder_layer(layer).parameters()).device)
+        with self._replaying(layer, stored.to(next(self._decoder_layer(layer).parameters()).device)):
+            yield
+
+    @contextlib.contextmanager
+    def _replaying(self, layer: int, stored: torch.Tensor) -> Iterator[None]:
+        """Inside, decoder layers below `layer` pass their input through and the one just below it returns
+        `stored`, the input of `layer` for the batch about to run."""
 
         def through(*args: Any, **kwargs: Any) -> torch.Tensor:
             return args[0] if args else kwargs["hidden_states"]
@@ -660,6 +674,47 @@ class VLMAdapter(abc.ABC):
         finally:
             for module in skipped:
                 del module.forward
+
+    def from_layer(self, batch: VLMBatch, layer: int | None) -> VLMBatch:
+        """`batch`, to be run (by `forward_batch`) from decoder `layer` up: that layer's input is computed now,
+        once, without gradients.
+
+        For training a change at `layer` or above over many steps (an edit): each step then skips the layers
+        below and, where the image enters only through the residual stream, the vision tower, with the same
+        result. The hidden-state entries below `layer` of such a forward are not the model's. A family that
+        cannot resume at a layer (`resumes_at_layer`), or `layer` None or 0, gives `batch` back, run whole.
+        """
+        if layer is None or layer == 0:
+            return batch
+        if not 1 <= layer < self.num_layers:
+            raise ConfigError(f"from_layer: layer {layer} is outside 1..{self.num_layers - 1}")
+        if not self.resumes_at_layer:
+            return batch
+        captured: list[torch.Tensor] = []
+
+        def keep(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured.append((args[0] if args else kwargs["hidden_states"]).detach())
+            raise _LayerReached  # nothing above the layer is needed
+
+        handle = self._decoder_layer(layer).register_forward_pre_hook(keep, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                self.model(**batch.model_inputs())
+        except _LayerReached:
+            pass
+        finally:
+            handle.remove()
+        inputs = batch.inputs if self.resume_keeps_vision else \
+            {k: v for k, v in batch.inputs.items() if k in ("input_ids", "attention_mask", "labels")}
+        return VLMBatch(inputs, batch.answer_spans, batch.has_image, layer, captured[0])
+
+    def forward_batch(self, batch: VLMBatch, with_labels: bool = False, **kwargs: Any) -> Any:
+        """`model(**batch.model_inputs(with_labels), **kwargs)`; a batch from `from_layer` runs from its layer up."""
+        inputs = batch.model_inputs(with_labels)
+        if batch.layer_input is None:
+            return self.model(**inputs, **kwargs)
+        with self._replaying(int(batch.layer), batch.layer_input):
+            return self.model(**inputs, **kwargs)
 
     def hidden_states(self, items: Sequence[VLMInput], resume: Sequence[LayerInput] | None = None) -> torch.Tensor:
         """Residual stream at the last prompt position for every layer: [batch, n_layers + 1, hidden], fp32.
