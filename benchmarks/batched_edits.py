@@ -87,10 +87,11 @@ def main() -> None:
     parser.add_argument("--protocol", action="store_true", help="time the whole per-fact protocol")
     parser.add_argument("--shape", choices=sorted(SHAPES),
                         help="time a randomly initialised model of this shape (on the config's device)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="of the --shape model")
     parser.add_argument("--out")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    cfg, benchmark, adapter = unlok_setup(args.overrides, args.shape)
+    cfg, benchmark, adapter = unlok_setup(args.overrides, args.shape, args.dtype)
     defenses, _, edit_config, _ = build_components(cfg)
     if args.protocol:
         r = protocol_side_by_side(cfg, adapter, benchmark, args.facts, args.slots)

@@ -25,19 +25,20 @@ SHAPES = {
 }
 
 
-def unlok_setup(overrides: list[str], shape: str | None = None) -> tuple[DictConfig, Benchmark, Any]:
+def unlok_setup(overrides: list[str], shape: str | None = None,
+                dtype: str = "bfloat16") -> tuple[DictConfig, Benchmark, Any]:
     """Config (torch threads set from it), the default benchmark and the model adapter, as `unlok run` loads them;
-    with `shape`, a randomly initialised model of that shape (bfloat16, on `device`) over the tiny model's
+    with `shape`, a randomly initialised model of that shape (`dtype`, on `device`) over the tiny model's
     tokenizer, so the world's benchmark runs through it: timings, not answers."""
     cfg = load_config(overrides)
     torch.set_num_threads(int(cfg.threads))
     adapter = load_model(cfg, print)
     if shape is not None:
-        adapter = random_adapter(shape, adapter, int(cfg.unlok.batch_size))
+        adapter = random_adapter(shape, adapter, int(cfg.unlok.batch_size), dtype)
     return cfg, load_benchmark(cfg), adapter
 
 
-def random_adapter(shape: str, tiny: Any, batch_size: int) -> LlavaAdapter:
+def random_adapter(shape: str, tiny: Any, batch_size: int, dtype: str = "bfloat16") -> LlavaAdapter:
     """A LLaVA of `SHAPES[shape]`'s sizes with random weights, on the tiny adapter's device."""
     sizes = SHAPES[shape]
     spec: TinyLlavaSpec = sizes["vision"]
@@ -50,7 +51,7 @@ def random_adapter(shape: str, tiny: Any, batch_size: int) -> LlavaAdapter:
                          vision_feature_layer=-2, projector_hidden_act="gelu")
     torch.manual_seed(0)
     default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
+    torch.set_default_dtype(getattr(torch, dtype))
     try:
         with torch.device(tiny.device):
             model = LlavaForConditionalGeneration(config)
@@ -59,7 +60,7 @@ def random_adapter(shape: str, tiny: Any, batch_size: int) -> LlavaAdapter:
     for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
         setattr(model.generation_config, key, getattr(tokenizer, key))
     processor = llava_processor(tokenizer, spec.image_size, spec.patch_size, CHAT_TEMPLATE)
-    print(f"random {shape}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters, bfloat16, "
+    print(f"random {shape}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters, {dtype}, "
           f"{spec.image_seq_length} image tokens, on {tiny.device}")
     return LlavaAdapter(model, processor, name=f"random {shape}", batch_size=batch_size)
 

@@ -40,10 +40,11 @@ def main() -> None:
     parser.add_argument("--group", type=int, default=16)
     parser.add_argument("--shape", choices=sorted(SHAPES),
                         help="time a randomly initialised model of this shape (on the config's device)")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="of the --shape model")
     parser.add_argument("--out")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    cfg, benchmark, adapter = unlok_setup(args.overrides, args.shape)
+    cfg, benchmark, adapter = unlok_setup(args.overrides, args.shape, args.dtype)
     attacks = [get_attack(n, k=4) for n in ("hp", "pd", "pd2")]
     probe = get_attack("probe", k=4, n_train=256)
     plain, suite, probe_times = [], [], []
