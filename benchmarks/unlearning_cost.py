@@ -1,22 +1,21 @@
 """Textual vs multimodal unlearning: cost per step side by side, and achieved FLOP/s vs a plain matmul.
 
-Usage: python benchmarks/unlearning_cost.py [--steps 30] [--out results.json] [KEY=VALUE overrides...]
+Usage: python benchmarks/unlearning_cost.py [--steps 30] [--shape llava-1.5-7b] [--out results.json] [KEY=VALUE ...]
 Trains the packaged safety config's unlearning loss (Yao et al.) once on text-only and once on image+text
 forget data, from the same original weights, and prints per-step wall time (median), tokens, FLOPs and
-their multimodal/text ratios, then the FLOP/s the training achieved against a 1024x1024 fp32 matmul on the
-same machine.
+their multimodal/text ratios, then the FLOP/s the training achieved against a plain matmul on the same
+device (1024x1024 fp32 on the CPU; 8192x8192 in the model's dtype on an accelerator). `--shape`: a randomly
+initialised model of a real checkpoint's sizes (benchmarks/common.py) instead of the tiny model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import time
 
 import torch
+from common import SHAPES, clock, machine, random_adapter
 
 from mmunlearn.config import load_config, world_config
 from mmunlearn.defenses.dataset_unlearning import TrainSettings, UnlearnTrainer, get_method
@@ -26,20 +25,26 @@ from mmunlearn.experiments.unlok import load_model_by_name
 from mmunlearn.pretrain.pipeline import build_world
 
 
-def matmul_flops_per_s(size: int = 1024, repeats: int = 20) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b  # warm up
+def matmul_flops_per_s(adapter, repeats: int = 20) -> float:  # noqa: ANN001
+    """FLOP/s of one square matmul on the adapter's device, in its dtype (fp32, 1024 on the CPU)."""
+    on_cpu = adapter.device.type == "cpu"
+    size, dtype = (1024, torch.float32) if on_cpu else (8192, adapter.dtype)
+    a, b = (torch.randn(size, size, device=adapter.device, dtype=dtype) for _ in range(2))
+    for _ in range(3):  # warm up
+        a @ b
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock(adapter)
         a @ b
-        times.append(time.perf_counter() - t0)
+        times.append(clock(adapter) - t0)
     return 2.0 * size ** 3 / statistics.median(times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="time a randomly initialised model of this shape")
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="of the --shape model")
     parser.add_argument("--out")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -49,14 +54,16 @@ def main() -> None:
     wcfg = world_config(cfg)
     data = build_data(build_world(wcfg).corpus, wcfg.image_size, 10, 10, int(cfg.safety.seed))
     adapter = load_model_by_name(cfg, cfg.safety.model, int(cfg.safety.batch_size), print)
+    if args.shape:
+        adapter = random_adapter(args.shape, adapter, int(cfg.safety.batch_size), args.dtype)
     method = get_method("yao", **(loss_params.get("yao") or {}))
     settings = TrainSettings(steps=args.steps, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
     results = {}
     with Editor(adapter, edit_config) as editor:
         for kind, forget in (("text", data.forget_text), ("multimodal", data.forget_multimodal)):
             trainer = UnlearnTrainer(adapter, editor, settings)
-            stamps: list[float] = [time.perf_counter()]
-            trainer.train(method, forget, progress=lambda step, loss, stamps=stamps: stamps.append(time.perf_counter()))
+            stamps: list[float] = [clock(adapter)]
+            trainer.train(method, forget, progress=lambda step, loss, stamps=stamps: stamps.append(clock(adapter)))
             step_times = [b - a for a, b in zip(stamps, stamps[1:])]
             c = trainer.compute
             results[kind] = {"step_seconds": statistics.median(step_times[1:] or step_times),
@@ -64,9 +71,9 @@ def main() -> None:
                              "image_tokens_per_step": c.image_tokens / c.steps, "flops_per_step": c.flops / c.steps,
                              "achieved_flops_per_s": c.flops / c.seconds}
             editor.restore()
-    matmul = matmul_flops_per_s()
+    matmul = matmul_flops_per_s(adapter)
     t, m = results["text"], results["multimodal"]
-    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}; "
+    print(f"\nmachine: {machine(adapter)}; {adapter.name}; "
           f"{args.steps} steps of batch {settings.batch_size}, LoRA rank {edit_config.rank}")
     print("| per step | text | multimodal | multimodal / text |")
     print("|---|---|---|---|")
@@ -75,7 +82,8 @@ def main() -> None:
         ratio = f"{m[key] / t[key]:.2f}x" if t[key] else "-"
         print(f"| {key.replace('_', ' ')} | {fmt.format(t[key])} | {fmt.format(m[key])} | {ratio} |")
     print(f"| achieved FLOP/s | {t['achieved_flops_per_s']:.3g} | {m['achieved_flops_per_s']:.3g} | - |")
-    print(f"| plain 1024x1024 fp32 matmul FLOP/s | {matmul:.3g} | | training reaches "
+    size = "1024x1024 fp32" if adapter.device.type == "cpu" else f"8192x8192 {str(adapter.dtype).split('.')[-1]}"
+    print(f"| plain {size} matmul FLOP/s | {matmul:.3g} | | training reaches "
           f"{t['achieved_flops_per_s'] / matmul:.1%} / {m['achieved_flops_per_s'] / matmul:.1%} of it |")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
