@@ -258,11 +258,10 @@ def run_unlok(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print
     Each group of `unlok.batch_facts` facts is one unit, written atomically when it finishes; a rerun skips
     finished units. With `unlok.workers` > 1 the pending units are shared among that many processes.
     """
+    from mmunlearn.config import configured_device
     from mmunlearn.experiments.unlok_workers import configured_workers, run_in_workers
 
     torch.set_num_threads(int(cfg.threads))
-    from mmunlearn.config import configured_device
-
     build_components(cfg)  # every component, the device and the worker count checked before any work
     configured_device(cfg)
     workers = configured_workers(cfg)
