@@ -345,8 +345,9 @@ class UnlearnTrainer:
         params = self.editor.trainable
         optimizer = torch.optim.AdamW(params, lr=self.settings.lr, weight_decay=0.0)
         self.compute = Compute(steps=self.settings.steps)
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
+        on_cuda = self.adapter.device.type == "cuda"  # the model's device, not merely a visible GPU
+        if on_cuda:
+            torch.cuda.reset_peak_memory_stats(self.adapter.device)
         losses: list[float] = []
         start = time.perf_counter()
         try:
@@ -367,8 +368,8 @@ class UnlearnTrainer:
         finally:
             self._reference_model = None
         self.compute.seconds = time.perf_counter() - start
-        if torch.cuda.is_available():
-            self.compute.peak_memory_mb = torch.cuda.max_memory_allocated() / 2**20
+        if on_cuda:
+            self.compute.peak_memory_mb = torch.cuda.max_memory_allocated(self.adapter.device) / 2**20
             self.compute.memory_kind = "CUDA max allocated"
         else:
             self.compute.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
