@@ -30,7 +30,9 @@ def configured_workers(cfg: DictConfig) -> int:
     process keeps an accelerator busy)."""
     value = cfg.unlok.get("workers", 1)
     if value == "auto":
-        on_cpu = str(cfg.get("device", "cpu")) == "cpu"
+        import torch
+
+        on_cpu = torch.device(str(cfg.get("device", "cpu"))).type == "cpu"  # cpu:0 too; checked by configured_device
         return max(1, int(cfg.threads)) if cfg.unlok.get("model") is None and on_cpu else 1
     try:
         workers = int(1 if value is None else value)
