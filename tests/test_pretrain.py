@@ -1,10 +1,12 @@
+import dataclasses
 import random
 
 import pytest
 import torch
 
 from mmunlearn.config import load_config
-from mmunlearn.errors import CacheError
+from mmunlearn.errors import CacheError, ConfigError
+from mmunlearn.models.tiny_llava import build_model
 from mmunlearn.pretrain.batches import Encoder, PixelBank
 from mmunlearn.pretrain.evaluate import answer_matches, generate, is_refusal, normalize_answer
 from mmunlearn.pretrain.pipeline import check_model_dir, load_pretrained, pretrain
@@ -50,12 +52,45 @@ def test_short_training_lowers_loss_and_is_deterministic(micro_world, micro_proc
     assert logs[-1].ground < logs[0].ground  # image features move toward the name embedding
 
     torch.manual_seed(0)
-    from mmunlearn.models.tiny_llava import build_model
-
     again = build_model(micro_tokenizer, micro_spec)
     train(again, enc, training_pools(corpus), micro_config(60), name_ids, log_every=10)
     for (name, a), (_, b) in zip(micro_model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_a_frozen_tower_stays_as_warmed_up_while_the_rest_trains(micro_world, micro_processor, micro_tokenizer,
+                                                               micro_model):
+    world, corpus = micro_world
+    name_ids = {c.index: micro_tokenizer.convert_tokens_to_ids(c.name) for c in world.creatures}
+    enc = make_encoder(world, micro_processor, micro_tokenizer)
+    before = {k: v.clone() for k, v in micro_model.state_dict().items()}
+    frozen = dataclasses.replace(micro_config(4), vision_lr_scale=0.0)
+    train(micro_model, enc, training_pools(corpus), frozen, name_ids, log_every=10)
+    after = micro_model.state_dict()
+    tower = [k for k in after if ".vision_tower." in k]
+    assert tower and all(torch.equal(before[k], after[k]) for k in tower)
+    assert not torch.equal(before["model.multi_modal_projector.linear_1.weight"],
+                           after["model.multi_modal_projector.linear_1.weight"])
+    assert all(p.requires_grad for p in micro_model.parameters())  # the freeze ends with the training
+
+    with pytest.raises(ConfigError, match="pretrain.vision_lr_scale"):
+        train(micro_model, enc, training_pools(corpus), dataclasses.replace(frozen, vision_lr_scale=-1.0), name_ids)
+
+
+def test_the_tower_learns_at_its_share_of_the_rate(micro_world, micro_processor, micro_tokenizer, micro_spec):
+    """A scale of 1 is the plain run; a smaller scale moves the tower less and leaves it trainable."""
+    world, corpus = micro_world
+    name_ids = {c.index: micro_tokenizer.convert_tokens_to_ids(c.name) for c in world.creatures}
+    enc = make_encoder(world, micro_processor, micro_tokenizer)
+    moved = {}
+    for scale in (1.0, 0.1):
+        torch.manual_seed(0)
+        model = build_model(micro_tokenizer, micro_spec)
+        start = model.model.vision_tower.encoder.layers[0].mlp.fc1.weight.clone()
+        train(model, enc, training_pools(corpus), dataclasses.replace(micro_config(4), vision_lr_scale=scale),
+              name_ids, log_every=10)
+        moved[scale] = (model.model.vision_tower.encoder.layers[0].mlp.fc1.weight - start).abs().max()
+    assert 0 < moved[0.1] < 0.5 * moved[1.0]
 
 
 def test_answer_normalisation():

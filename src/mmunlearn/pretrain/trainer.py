@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from mmunlearn.errors import ConfigError
 from mmunlearn.pretrain.batches import Batch, Encoder
 from mmunlearn.pretrain.prefix_cache import PrefixCache
 from mmunlearn.world.corpus import Example
@@ -42,6 +43,9 @@ class TrainConfig:
     ground_tokens: bool = False  # ground every image token of a creature image, not only their mean
     sparse_logits: bool = False  # LM head on answer positions only (large vocabularies: most of the head's cost)
     frozen_layers: int = 0  # bottom LM layers that never train: text rows' states there are cached (PrefixCache)
+    # The vision tower's learning rate as a share of `lr` (0 = frozen): a tower taught identity on many renderings
+    # by the vision warm-up keeps that robustness when the curriculum's few renderings do not retrain it.
+    vision_lr_scale: float = 1.0
     stages: list[Stage] = field(default_factory=list)
 
 
@@ -210,11 +214,25 @@ def train(model, encoder: Encoder, pools: dict[str, list[Example]], cfg: TrainCo
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     total = sum(s.steps for s in cfg.stages)
-    trainable = [p for p in model.parameters() if p.requires_grad]  # frozen parts (e.g. under LoRA) stay out
-    decay = [p for p in trainable if p.ndim >= 2]
-    no_decay = [p for p in trainable if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    if cfg.vision_lr_scale < 0:
+        raise ConfigError(f"config pretrain.vision_lr_scale: must be >= 0, got {cfg.vision_lr_scale}")
+    vision = {id(p) for p in model.model.vision_tower.parameters()}
+    # frozen parts (e.g. under LoRA, or a frozen tower) stay out
+    frozen_tower = cfg.vision_lr_scale == 0
+    trainable = [p for p in model.parameters() if p.requires_grad and not (frozen_tower and id(p) in vision)]
+    split = cfg.vision_lr_scale not in (0.0, 1.0)  # the tower in parameter groups of its own
+    parts = [(1.0, [p for p in trainable if not (split and id(p) in vision)])]
+    if split:
+        parts.append((cfg.vision_lr_scale, [p for p in trainable if id(p) in vision]))
+    groups = []
+    for scale, part in parts:
+        groups += [{"params": [p for p in part if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
+                   {"params": [p for p in part if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.98))
+    kept = {id(p) for p in trainable}
+    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in kept]
+    for p in frozen:
+        p.requires_grad_(False)  # no gradient is computed for them at all
     hook = GroundingHook(model.model.multi_modal_projector)
     cache = PrefixCache(model, cfg.frozen_layers) if cfg.frozen_layers else None
     logs: list[StepLog] = []
@@ -225,7 +243,7 @@ def train(model, encoder: Encoder, pools: dict[str, list[Example]], cfg: TrainCo
             window: list[tuple[float, float, float]] = []
             for _ in range(stage.steps):
                 for group in opt.param_groups:
-                    group["lr"] = lr_at(step, total, cfg)
+                    group["lr"] = lr_at(step, total, cfg) * group["lr_scale"]
                 examples = sample_batch(pools, stage.weights, cfg.batch_size, rng)
                 opt.zero_grad(set_to_none=True)
                 window.append(train_step(model, encoder, examples, stage, cfg, hook, name_ids, word_ids or {}, rng,
@@ -244,5 +262,7 @@ def train(model, encoder: Encoder, pools: dict[str, list[Example]], cfg: TrainCo
                     window = []
     finally:
         hook.remove()
+        for p in frozen:
+            p.requires_grad_(True)
         model.eval()
     return logs
