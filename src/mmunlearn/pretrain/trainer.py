@@ -48,6 +48,10 @@ class TrainConfig:
     vision_lr_scale: float = 1.0
     stages: list[Stage] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.vision_lr_scale < 0:
+            raise ConfigError(f"config pretrain.vision_lr_scale: must be >= 0, got {self.vision_lr_scale}")
+
 
 @dataclass
 class StepLog:
@@ -214,25 +218,18 @@ def train(model, encoder: Encoder, pools: dict[str, list[Example]], cfg: TrainCo
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     total = sum(s.steps for s in cfg.stages)
-    if cfg.vision_lr_scale < 0:
-        raise ConfigError(f"config pretrain.vision_lr_scale: must be >= 0, got {cfg.vision_lr_scale}")
-    vision = {id(p) for p in model.model.vision_tower.parameters()}
-    # frozen parts (e.g. under LoRA, or a frozen tower) stay out
-    frozen_tower = cfg.vision_lr_scale == 0
-    trainable = [p for p in model.parameters() if p.requires_grad and not (frozen_tower and id(p) in vision)]
-    split = cfg.vision_lr_scale not in (0.0, 1.0)  # the tower in parameter groups of its own
-    parts = [(1.0, [p for p in trainable if not (split and id(p) in vision)])]
-    if split:
-        parts.append((cfg.vision_lr_scale, [p for p in trainable if id(p) in vision]))
+    tower = list(model.model.vision_tower.parameters())
+    frozen = [p for p in tower if p.requires_grad] if cfg.vision_lr_scale == 0 else []
+    for p in frozen:
+        p.requires_grad_(False)  # no gradient is computed for them at all; restored at the end
+    trainable = [p for p in model.parameters() if p.requires_grad]  # frozen parts (e.g. under LoRA) stay out
+    own = {id(p) for p in tower} if cfg.vision_lr_scale not in (0.0, 1.0) else set()  # the tower's own groups
     groups = []
-    for scale, part in parts:
+    for scale, part in ((1.0, [p for p in trainable if id(p) not in own]),
+                        (cfg.vision_lr_scale, [p for p in trainable if id(p) in own])):
         groups += [{"params": [p for p in part if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
                    {"params": [p for p in part if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.98))
-    kept = {id(p) for p in trainable}
-    frozen = [p for p in model.parameters() if p.requires_grad and id(p) not in kept]
-    for p in frozen:
-        p.requires_grad_(False)  # no gradient is computed for them at all
     hook = GroundingHook(model.model.multi_modal_projector)
     cache = PrefixCache(model, cfg.frozen_layers) if cfg.frozen_layers else None
     logs: list[StepLog] = []
