@@ -1,7 +1,7 @@
 """How well the vision tower alone tells creatures apart at each paraphrase tier, as the warm-up trains it.
 
-Usage: python benchmarks/vision_ceiling.py [--renderings N] [--steps N] [--occlusion P] [--style P] [--draws 5]
-[--out results.json] [KEY=VALUE overrides, e.g. model.vision_hidden=128 model.vision_layers=4]
+Usage: python benchmarks/vision_ceiling.py [--renderings N] [--steps N] [--occlusion P] [--style P] [--schedule S]
+[--draws 5] [--out results.json] [KEY=VALUE overrides, e.g. model.vision_hidden=128 model.vision_layers=4]
 
 Runs the pretraining's vision warm-up (`pretrain.vision_warmup`; the options replace its fields) on a fresh
 tower of the configured size: the tower and a linear head learn to name the creature of each training
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int)
     parser.add_argument("--occlusion", type=float, help="chance of an occluder per rendering")
     parser.add_argument("--style", type=float, help="chance of the outline style per rendering")
+    parser.add_argument("--schedule", help="learning-rate schedule: cosine or constant")
     parser.add_argument("--draws", type=int, default=5, help="views of each tier's recipe per creature")
     parser.add_argument("--out", help="write the measured figures as JSON here")
     parser.add_argument("overrides", nargs="*")
@@ -47,7 +48,7 @@ def main() -> None:
     torch.set_num_threads(int(cfg.threads))
     spec, world, configured = model_spec(cfg), build_world(world_config(cfg)).world, pretrain_settings(cfg)
     train = configured.train
-    fields = ("steps", "renderings", "occlusion", "style")
+    fields = ("steps", "renderings", "occlusion", "style", "schedule")
     chosen = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     settings = dataclasses.replace(configured.vision_warmup or VisionWarmup(), **chosen)
     processor, n = world_image_processor(spec.image_size), len(world.creatures)
@@ -75,7 +76,7 @@ def main() -> None:
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}; "
           f"tower {spec.vision_hidden}x{spec.vision_layers}, patch {spec.patch_size}; {settings.renderings} renderings "
           f"per creature (occlusion {settings.occlusion}, style {settings.style}); {settings.steps} steps of "
-          f"{settings.batch_size}; {train_s:.0f} s rendering + training")
+          f"{settings.batch_size}, {settings.schedule} lr; {train_s:.0f} s rendering + training")
     print("| images | identity accuracy [95% CI] | n | the benchmark's image only |")
     print("|---|---|---|---|")
     for name, r in results.items():

@@ -8,7 +8,13 @@ from mmunlearn.config import load_config, pretrain_settings
 from mmunlearn.errors import ConfigError
 from mmunlearn.models.tiny_llava import vision_config, world_image_processor
 from mmunlearn.pretrain.pipeline import pretrain
-from mmunlearn.pretrain.vision_warmup import VisionWarmup, identity_logits, identity_set, train_identity
+from mmunlearn.pretrain.vision_warmup import (
+    VisionWarmup,
+    identity_logits,
+    identity_set,
+    lr_schedule,
+    train_identity,
+)
 from mmunlearn.world.images import training_view
 
 SETTINGS = VisionWarmup(steps=40, renderings=3, batch_size=16, lr=1e-2)
@@ -63,6 +69,24 @@ def test_config_is_checked():
     with pytest.raises(ConfigError, match=r"pretrain.vision_warmup: renderings=-1 \(>= 0\), occlusion=1.5") as info:
         pretrain_settings(load_config(["pretrain.vision_warmup.renderings=-1", "pretrain.vision_warmup.occlusion=1.5"]))
     assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"schedule='linear' \(one of constant, cosine\)"):
+        pretrain_settings(load_config(["pretrain.vision_warmup.schedule=linear"]))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_learning_rate_schedule(schedule):
+    settings = VisionWarmup(steps=100, lr=1e-2, schedule=schedule)
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=settings.lr)
+    scheduler, rates = lr_schedule(optimizer, settings), []
+    for _ in range(settings.steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    if schedule == "constant":
+        assert rates == [settings.lr] * settings.steps
+    else:  # a 5-step linear warm-up to the peak, then cosine down to (nearly) zero
+        assert rates[0] == 0 and rates[5] == pytest.approx(settings.lr)
+        assert all(a >= b for a, b in zip(rates[5:], rates[6:])) and rates[-1] < 0.01 * settings.lr
 
 
 def test_pipeline_warms_the_tower_up_and_keys_the_cache_on_it(tmp_path, micro_overrides):
