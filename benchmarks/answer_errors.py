@@ -1,0 +1,68 @@
+"""Why image questions are missed: each wrong answer classified against the world.
+
+Usage: python benchmarks/answer_errors.py MODEL_DIR [KEY=VALUE overrides...]
+(MODEL_DIR: a pretrained tiny model, e.g. the `models/tiny-*` directory `pretrain_accuracy.py --cache DIR`
+kept; the overrides must describe the world it was trained on.)
+A wrong answer is the look-alike's value of the asked attribute, another creature's value of it, one of the
+creature's own other attributes, or none of these. Look-alike answers mean the image was answered by how it
+looks, not through the creature's identity.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from mmunlearn.config import load_config, model_spec, world_config
+from mmunlearn.pretrain.batches import Encoder, PixelBank
+from mmunlearn.pretrain.evaluate import generate, normalize_answer
+from mmunlearn.pretrain.pipeline import build_world
+from mmunlearn.pretrain.tasks import measure_examples
+from mmunlearn.world.corpus import Example
+from mmunlearn.world.entities import World
+
+MEASURES = ("image_facts_heldout_pairs", "paraphrase_image_easy", "paraphrase_image_medium", "paraphrase_image_hard")
+
+
+def error_kind(world: World, ex: Example, response: str) -> str:
+    answer = normalize_answer(response)
+    creature = world.creatures[ex.creature]
+    if answer == normalize_answer(ex.answer):
+        return "correct"
+    if answer == normalize_answer(world.creatures[world.lookalike[ex.creature]].attributes[ex.attribute]):
+        return "look-alike's value"
+    if any(answer == normalize_answer(o.attributes[ex.attribute]) for o in world.creatures):
+        return "another creature's value"
+    if any(answer == normalize_answer(v) for k, v in creature.attributes.items() if k != ex.attribute):
+        return "own other attribute"
+    return "none of these"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model_dir", type=Path)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    cfg = load_config(args.overrides)
+    torch.set_num_threads(int(cfg.threads))
+    spec, bundle = model_spec(cfg), build_world(world_config(cfg))
+    model = AutoModelForImageTextToText.from_pretrained(args.model_dir).eval()
+    processor = AutoProcessor.from_pretrained(args.model_dir)
+    bank = PixelBank(bundle.world, processor.image_processor, spec.image_size)
+    encoder = Encoder(processor.tokenizer, spec.image_seq_length, bank, 0, 0)
+    kinds = ("correct", "look-alike's value", "another creature's value", "own other attribute", "none of these")
+    print("| measure | n | " + " | ".join(kinds) + " |")
+    print("|---|---|" + "---|" * len(kinds))
+    for name in MEASURES:
+        examples = measure_examples(bundle.corpus, name, int(cfg.pretrain.eval_limit), int(cfg.pretrain.seed))
+        texts = generate(model, encoder, examples, max_new_tokens=6)
+        counts = Counter(error_kind(bundle.world, ex, t) for ex, t in zip(examples, texts))
+        print(f"| {name} | {len(examples)} | " + " | ".join(str(counts[k]) for k in kinds) + " |")
+
+
+if __name__ == "__main__":
+    main()
