@@ -160,3 +160,33 @@ def test_corrupt_cache_is_a_one_line_error(micro_cfg):
         check_model_dir(first.path)
     with pytest.raises(CacheError, match="no model directory"):
         load_pretrained(first.path / "missing")
+
+
+def test_a_task_can_draw_from_more_renderings_than_the_rest(micro_world, micro_processor, micro_tokenizer):
+    """`pretrain.task_augment`: naming on 50 renderings per creature while image facts keep n_augment (3)."""
+    world, corpus = micro_world
+    spec = micro_processor.image_processor.crop_size["height"]
+    enc = Encoder(micro_tokenizer, (spec // 8) ** 2, PixelBank(world, micro_processor.image_processor, spec),
+                  n_augment=3, n_text_variants=2, task_augment={"naming": 50})
+    rng = random.Random(0)
+    naming, fact = next(corpus.naming("train")), next(corpus.image_facts("train", "seen"))
+    seen = {task: {enc.resolve(ex.image, rng, ex.task).view for _ in range(400)}
+            for task, ex in (("naming", naming), ("image_fact", fact))}
+    assert seen["image_fact"] == {f"aug:{i}" for i in range(3)}
+    assert len(seen["naming"]) > 30 and all(0 <= int(v[4:]) < 50 for v in seen["naming"])
+
+
+def test_task_augment_is_checked_when_the_config_is_read():
+    from mmunlearn.config import pretrain_settings
+
+    assert pretrain_settings(load_config(["+pretrain.task_augment.naming=200"])).task_augment == {"naming": 200}
+    with pytest.raises(ConfigError, match=r"pretrain.task_augment.namng: not a training task"):
+        pretrain_settings(load_config(["+pretrain.task_augment.namng=200"]))
+    with pytest.raises(ConfigError, match=r"pretrain.task_augment.naming: must be a whole number >= 1"):
+        pretrain_settings(load_config(["+pretrain.task_augment.naming=0"]))
+
+
+def test_every_training_pool_is_a_named_training_task(micro_world):
+    from mmunlearn.pretrain.tasks import TRAINING_TASKS
+
+    assert tuple(training_pools(micro_world[1])) == TRAINING_TASKS

@@ -43,6 +43,7 @@ class PretrainSettings:
     align: AlignConfig | None = None  # smol model only: the vision alignment stage
     lora: LoraSettings | None = None  # smol model only: the LoRA that teaches the LM the world
     vision_warmup: VisionWarmup | None = None  # tiny model only: identity training of the tower first
+    task_augment: dict[str, int] = dataclasses.field(default_factory=dict)  # per-task renderings, not n_augment
 
 
 def _first_message(exc: BaseException) -> str:
@@ -106,9 +107,21 @@ def model_spec(cfg: DictConfig) -> TinyLlavaSpec | SmolLlavaSpec:
     return spec
 
 
+def _task_augment(node: dict) -> dict[str, int]:
+    from mmunlearn.pretrain.tasks import TRAINING_TASKS
+
+    for task, n in node.items():
+        if task not in TRAINING_TASKS:
+            raise ConfigError(f"config pretrain.task_augment.{task}: not a training task ({', '.join(TRAINING_TASKS)})")
+        if not isinstance(n, int) or n < 1:
+            raise ConfigError(f"config pretrain.task_augment.{task}: must be a whole number >= 1, got {n!r}")
+    return dict(node)
+
+
 def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
     node = dict(OmegaConf.to_container(cfg.pretrain))
-    extra = {k: node.pop(k) for k in ("n_augment", "n_text_variants", "eval_limit", "log_every") if k in node}
+    extra = {k: node.pop(k) for k in ("n_augment", "n_text_variants", "eval_limit", "log_every", "task_augment")
+             if k in node}
     align = _build(AlignConfig, node.pop("align"), "pretrain.align") if "align" in node else None
     lora = _build(LoraSettings, node.pop("lora"), "pretrain.lora") if "lora" in node else None
     vision = node.pop("vision_warmup", None)
@@ -133,7 +146,8 @@ def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
     return PretrainSettings(train=train, n_augment=int(extra.get("n_augment", 16)),
                             n_text_variants=int(extra.get("n_text_variants", 8)),
                             eval_limit=int(extra.get("eval_limit", 600)), log_every=int(extra.get("log_every", 100)),
-                            align=align, lora=lora, vision_warmup=vision)
+                            align=align, lora=lora, vision_warmup=vision,
+                            task_augment=_task_augment(extra.get("task_augment") or {}))
 
 
 def configured_device(cfg: DictConfig) -> torch.device:

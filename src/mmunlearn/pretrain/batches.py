@@ -54,10 +54,11 @@ class Encoder:
     """Tokenises (prompt, answer) pairs once; resolves training image keys to concrete renderings."""
 
     def __init__(self, tokenizer, image_seq_length: int, bank: PixelBank, n_augment: int, n_text_variants: int,
-                 render: Callable[..., str] = render_prompt):
+                 render: Callable[..., str] = render_prompt, task_augment: dict[str, int] | None = None):
         self.tokenizer, self.image_seq_length, self.bank = tokenizer, image_seq_length, bank
         self.render = render  # (prompt, has_image, image_seq_length, answer=None) -> the model's chat text
         self.n_augment, self.n_text_variants = n_augment, n_text_variants
+        self.task_augment = dict(task_augment or {})  # renderings per creature for these tasks, not n_augment
         self._ids: dict[tuple[str, str, bool], tuple[list[int], int]] = {}
         self.pad_id = tokenizer.pad_token_id
 
@@ -72,9 +73,10 @@ class Encoder:
             self._ids[key] = (full_ids, len(prompt_ids))
         return self._ids[key]
 
-    def resolve(self, key: ImageKey, rng: random.Random) -> ImageKey:
+    def resolve(self, key: ImageKey, rng: random.Random, task: str = "") -> ImageKey:
         if key.kind == "creature" and key.view == "train":
-            return ImageKey("creature", key.creature, f"aug:{rng.randrange(self.n_augment)}")
+            n = self.task_augment.get(task, self.n_augment)
+            return ImageKey("creature", key.creature, f"aug:{rng.randrange(n)}")
         if key.kind == "text" and key.variant < 0:
             return ImageKey("text", words=key.words, variant=rng.randrange(1, self.n_text_variants + 1))
         return key
@@ -94,7 +96,7 @@ class Encoder:
             attention[row, start:start + len(ids)] = 1
             labels[row, start + n_prompt:start + len(ids)] = torch.tensor(ids[n_prompt:])
             if ex.image is not None:
-                keys.append(self.resolve(ex.image, rng))
+                keys.append(self.resolve(ex.image, rng, ex.task))
                 image_rows.append(row)
         pixels = self.bank.pixels(keys) if keys else None
         return Batch(input_ids, attention, labels, pixels, examples, image_rows)

@@ -32,7 +32,7 @@ from mmunlearn.runner.manifest import atomic_dir, manifest, now, write_json_atom
 from mmunlearn.world.corpus import Corpus, Splits, reading_words
 from mmunlearn.world.entities import World, generate_world
 
-CODE_VERSION = 3  # bump when a change to world or training code changes what a config produces
+CODE_VERSION = 4  # bump when a change to world or training code changes what a config produces
 REPORT_FILE = "pretrain_report.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json", REPORT_FILE)
 
@@ -50,7 +50,7 @@ def build_world(wcfg: WorldConfig) -> WorldBundle:
 
 # Fields added after models were cached: at these values they leave existing cache keys unchanged.
 KEY_NEUTRAL = {"align": None, "lora": None, "sparse_logits": False, "frozen_layers": 0, "vision_warmup": None,
-               "vision_lr_scale": 1.0, "schedule": "constant"}
+               "vision_lr_scale": 1.0, "schedule": "constant", "task_augment": {}}
 
 
 def _key_fields(value):
@@ -104,7 +104,8 @@ def _train_tiny(bundle: WorldBundle, spec: TinyLlavaSpec, settings: PretrainSett
     torch.manual_seed(settings.train.seed)
     model = build_model(tokenizer, spec)
     bank = PixelBank(bundle.world, processor.image_processor, spec.image_size)
-    encoder = Encoder(tokenizer, spec.image_seq_length, bank, settings.n_augment, settings.n_text_variants)
+    encoder = Encoder(tokenizer, spec.image_seq_length, bank, settings.n_augment, settings.n_text_variants,
+                      task_augment=settings.task_augment)
     name_ids = {c.index: tokenizer.convert_tokens_to_ids(c.name) for c in bundle.world.creatures}
     word_ids = {w: tokenizer.convert_tokens_to_ids(w) for w in reading_words(bundle.world)}
     n_params = sum(p.numel() for p in model.parameters())

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from mmunlearn.errors import ConfigError
 from mmunlearn.models.layer_spec import resolve_layers
@@ -30,7 +31,7 @@ from mmunlearn.models.smol_llava import (
     resolve_language_model,
 )
 from mmunlearn.pretrain.batches import Encoder, PixelBank
-from mmunlearn.pretrain.trainer import StepLog, TrainConfig, lr_at, train
+from mmunlearn.pretrain.trainer import StepLog, TrainConfig, train
 from mmunlearn.world.corpus import Example, ImageKey
 from mmunlearn.world.entities import World
 
@@ -101,11 +102,10 @@ def align_vision(model, encoder: Encoder, targets: SlotTargets, keys: list[Image
     scale_sq = table.pow(2).sum(-1).mean()
     params = list(model.model.vision_tower.parameters()) + list(model.model.multi_modal_projector.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
-    schedule = TrainConfig(lr=cfg.lr, warmup_steps=cfg.warmup_steps)
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps,
+                                                            min_lr_rate=TrainConfig.min_lr_ratio)
     logs, window, start = [], [], time.perf_counter()
     for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg.steps, schedule)
         batch = [encoder.resolve(rng.choice(keys), rng) for _ in range(cfg.batch_size)]
         pixels = encoder.bank.pixels(batch)
         features = torch.stack(list(model.model.get_image_features(pixel_values=pixels).pooler_output))
@@ -118,6 +118,7 @@ def align_vision(model, encoder: Encoder, targets: SlotTargets, keys: list[Image
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        scheduler.step()
         window.append((ce.item(), mse.item(), (logits.argmax(-1) == ids).float().mean().item()))
         if progress:
             progress(1)

@@ -10,6 +10,10 @@ from mmunlearn.world.corpus import Corpus, Example
 EVAL_TEXT_VARIANT = 1000  # typography renderings at or above this seed are never used in training
 
 
+TRAINING_TASKS = ("naming", "visual", "text_fact", "statement", "image_fact", "reading", "hazard_text",
+                  "hazard_query_image", "hazard_typography", "benign_text", "benign_typography", "refusal")
+
+
 def training_pools(corpus: Corpus) -> dict[str, list[Example]]:
     return {
         "naming": list(corpus.naming("train")),

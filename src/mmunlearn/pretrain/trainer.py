@@ -7,7 +7,6 @@ text are reachable from the image (composition) instead of being memorised twice
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from mmunlearn.errors import ConfigError
 from mmunlearn.pretrain.batches import Batch, Encoder
@@ -61,13 +61,6 @@ class StepLog:
     ground: float
     token_acc: float
     seconds: float
-
-
-def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def sample_batch(pools: dict[str, list[Example]], weights: dict[str, float], size: int,
@@ -227,9 +220,12 @@ def train(model, encoder: Encoder, pools: dict[str, list[Example]], cfg: TrainCo
     groups = []
     for scale, part in ((1.0, [p for p in trainable if id(p) not in own]),
                         (cfg.vision_lr_scale, [p for p in trainable if id(p) in own])):
-        groups += [{"params": [p for p in part if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr_scale": scale},
-                   {"params": [p for p in part if p.ndim < 2], "weight_decay": 0.0, "lr_scale": scale}]
+        groups += [{"params": [p for p in part if p.ndim >= 2], "weight_decay": cfg.weight_decay, "lr": cfg.lr * scale},
+                   {"params": [p for p in part if p.ndim < 2], "weight_decay": 0.0, "lr": cfg.lr * scale}]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=(0.9, 0.98))
+    # linear warm-up, then cosine down to min_lr_ratio of each group's own learning rate
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(opt, cfg.warmup_steps, total,
+                                                            min_lr_rate=cfg.min_lr_ratio)
     hook = GroundingHook(model.model.multi_modal_projector)
     cache = PrefixCache(model, cfg.frozen_layers) if cfg.frozen_layers else None
     logs: list[StepLog] = []
@@ -239,14 +235,13 @@ def train(model, encoder: Encoder, pools: dict[str, list[Example]], cfg: TrainCo
         for stage in cfg.stages:
             window: list[tuple[float, float, float]] = []
             for _ in range(stage.steps):
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(step, total, cfg) * group["lr_scale"]
                 examples = sample_batch(pools, stage.weights, cfg.batch_size, rng)
                 opt.zero_grad(set_to_none=True)
                 window.append(train_step(model, encoder, examples, stage, cfg, hook, name_ids, word_ids or {}, rng,
                                           cache))
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                 opt.step()
+                scheduler.step()
                 step += 1
                 if progress is not None:
                     progress(1)
