@@ -179,11 +179,12 @@ def test_a_task_can_draw_from_more_renderings_than_the_rest(micro_world, micro_p
 def test_task_augment_is_checked_when_the_config_is_read():
     from mmunlearn.config import pretrain_settings
 
-    assert pretrain_settings(load_config(["+pretrain.task_augment.naming=200"])).task_augment == {"naming": 200}
+    assert pretrain_settings(load_config([])).task_augment == {"naming": 1000}  # conf/pretrain/default.yaml
+    assert pretrain_settings(load_config(["pretrain.task_augment.naming=200"])).task_augment == {"naming": 200}
     with pytest.raises(ConfigError, match=r"pretrain.task_augment.namng: not a training task"):
         pretrain_settings(load_config(["+pretrain.task_augment.namng=200"]))
     with pytest.raises(ConfigError, match=r"pretrain.task_augment.naming: must be a whole number >= 1"):
-        pretrain_settings(load_config(["+pretrain.task_augment.naming=0"]))
+        pretrain_settings(load_config(["pretrain.task_augment.naming=0"]))
 
 
 def test_every_training_pool_is_a_named_training_task(micro_world):

@@ -1,5 +1,7 @@
 """The vision warm-up: identity training of the tower alone, before the curriculum."""
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import CLIPVisionModel
@@ -60,10 +62,11 @@ def test_rendering_chances_are_parameters_and_defaults_keep_the_views():
 
 
 def test_config_is_checked():
-    assert pretrain_settings(load_config([])).vision_warmup == VisionWarmup()  # the packaged defaults
+    packaged = VisionWarmup(steps=3000, renderings=1000, schedule="cosine")  # conf/pretrain/default.yaml
+    assert pretrain_settings(load_config([])).vision_warmup == packaged
     assert pretrain_settings(load_config(["pretrain.vision_warmup=null"])).vision_warmup is None
     on = pretrain_settings(load_config(["pretrain.vision_warmup.steps=7"])).vision_warmup
-    assert on == VisionWarmup(steps=7)
+    assert on == dataclasses.replace(packaged, steps=7)
     with pytest.raises(ConfigError, match=r"pretrain.vision_warmup.*unknown key.*stpes"):
         pretrain_settings(load_config(["+pretrain.vision_warmup.stpes=7"]))
     with pytest.raises(ConfigError, match=r"pretrain.vision_warmup: renderings=-1 \(>= 0\), occlusion=1.5") as info:

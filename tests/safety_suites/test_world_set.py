@@ -21,7 +21,7 @@ def _pixels(image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
-@pytest.mark.parametrize("split, per_creature", [("train", 3), ("heldout", 2)])
+@pytest.mark.parametrize("split, per_creature", [("train", 6), ("heldout", 2)])
 def test_harmful_set_is_the_corpus_hazard_text(micro_world, split, per_creature):
     world, corpus = micro_world
     safety = world_safety_set(corpus, 16, split)
