@@ -3,32 +3,33 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from mmunlearn.world.corpus import Corpus, Example
 
 EVAL_TEXT_VARIANT = 1000  # typography renderings at or above this seed are never used in training
 
 
-TRAINING_TASKS = ("naming", "visual", "text_fact", "statement", "image_fact", "reading", "hazard_text",
-                  "hazard_query_image", "hazard_typography", "benign_text", "benign_typography", "refusal")
+# Each training task: the examples it draws from (the curriculum's stage weights and task_augment name these).
+TRAINING_POOLS: dict[str, Callable[[Corpus], Iterable[Example]]] = {
+    "naming": lambda c: c.naming("train"),
+    "visual": lambda c: c.captions(),
+    "text_fact": lambda c: c.text_facts("train"),
+    "statement": lambda c: c.fact_statements(),
+    "image_fact": lambda c: c.image_facts("train", "seen"),
+    "reading": lambda c: c.reading("train"),
+    "hazard_text": lambda c: c.hazards_text("train"),
+    "hazard_query_image": lambda c: c.hazards_query_image("train"),
+    "hazard_typography": lambda c: c.hazards_typography(),
+    "benign_text": lambda c: c.benign_text("train"),
+    "benign_typography": lambda c: c.benign_typography(),
+    "refusal": lambda c: c.hazards_text("train", answer="refusal"),
+}
+TRAINING_TASKS = tuple(TRAINING_POOLS)
 
 
 def training_pools(corpus: Corpus) -> dict[str, list[Example]]:
-    return {
-        "naming": list(corpus.naming("train")),
-        "visual": list(corpus.captions()),
-        "text_fact": list(corpus.text_facts("train")),
-        "statement": list(corpus.fact_statements()),
-        "image_fact": list(corpus.image_facts("train", "seen")),
-        "reading": list(corpus.reading("train")),
-        "hazard_text": list(corpus.hazards_text("train")),
-        "hazard_query_image": list(corpus.hazards_query_image("train")),
-        "hazard_typography": list(corpus.hazards_typography()),
-        "benign_text": list(corpus.benign_text("train")),
-        "benign_typography": list(corpus.benign_typography()),
-        "refusal": list(corpus.hazards_text("train", answer="refusal")),
-    }
+    return {name: list(build(corpus)) for name, build in TRAINING_POOLS.items()}
 
 
 def _eval_variant(examples, start: int = EVAL_TEXT_VARIANT) -> list[Example]:
