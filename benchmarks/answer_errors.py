@@ -5,7 +5,8 @@ Usage: python benchmarks/answer_errors.py MODEL_DIR [KEY=VALUE overrides...]
 kept; the overrides must describe the world it was trained on.)
 A wrong answer is the look-alike's value of the asked attribute, another creature's value of it, one of the
 creature's own other attributes, or none of these. Look-alike answers mean the image was answered by how it
-looks, not through the creature's identity.
+looks, not through the creature's identity. A second table asks the model to name the creature of each view
+(canonical, easy, medium, hard): where naming a view fails, its questions cannot be answered through the name.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mmunlearn.config import load_config, model_spec, world_config
 from mmunlearn.pretrain.batches import Encoder, PixelBank
-from mmunlearn.pretrain.evaluate import generate, normalize_answer
+from mmunlearn.pretrain.evaluate import answer_matches, generate, normalize_answer
 from mmunlearn.pretrain.pipeline import build_world
 from mmunlearn.pretrain.tasks import measure_examples
 from mmunlearn.world.corpus import Example
 from mmunlearn.world.entities import World
 
+NAMING_VIEWS = ("canon", "easy", "medium", "hard")
 MEASURES = ("image_facts_heldout_pairs", "paraphrase_image_easy", "paraphrase_image_medium", "paraphrase_image_hard")
 
 
@@ -62,6 +64,12 @@ def main() -> None:
         texts = generate(model, encoder, examples, max_new_tokens=6)
         counts = Counter(error_kind(bundle.world, ex, t) for ex, t in zip(examples, texts))
         print(f"| {name} | {len(examples)} | " + " | ".join(str(counts[k]) for k in kinds) + " |")
+    print("\n| naming, by view | n | named |\n|---|---|---|")
+    for view in NAMING_VIEWS:
+        examples = list(bundle.corpus.naming("train", view=view))
+        texts = generate(model, encoder, examples, max_new_tokens=6)
+        named = sum(answer_matches(t, ex.answer) for ex, t in zip(examples, texts)) / len(examples)
+        print(f"| {view} | {len(examples)} | {named:.1%} |")
 
 
 if __name__ == "__main__":

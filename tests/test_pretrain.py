@@ -7,13 +7,15 @@ import torch
 from mmunlearn.config import load_config
 from mmunlearn.errors import CacheError, ConfigError
 from mmunlearn.models.tiny_llava import build_model
-from mmunlearn.pretrain.batches import Encoder, PixelBank
+from mmunlearn.pretrain.batches import Encoder, PixelBank, TaskAugment
 from mmunlearn.pretrain.evaluate import answer_matches, generate, is_refusal, normalize_answer
 from mmunlearn.pretrain.pipeline import check_model_dir, load_pretrained, pretrain
 from mmunlearn.pretrain.report import markdown_table
 from mmunlearn.pretrain.tasks import training_pools
 from mmunlearn.pretrain.trainer import Stage, TrainConfig, train
-from mmunlearn.world.corpus import REFUSAL
+from mmunlearn.world.corpus import REFUSAL, ImageKey
+from mmunlearn.world.images import augment_view, render_key, training_view
+from mmunlearn.world.render import render_creature
 
 
 def make_encoder(world, processor, tokenizer):
@@ -163,28 +165,46 @@ def test_corrupt_cache_is_a_one_line_error(micro_cfg):
 
 
 def test_a_task_can_draw_from_more_renderings_than_the_rest(micro_world, micro_processor, micro_tokenizer):
-    """`pretrain.task_augment`: naming on 50 renderings per creature while image facts keep n_augment (3)."""
+    """`pretrain.task_augment`: naming on 50 renderings per creature, occluded and outlined as often as asked,
+    while image facts keep n_augment (3) at the default chances."""
     world, corpus = micro_world
     spec = micro_processor.image_processor.crop_size["height"]
-    enc = Encoder(micro_tokenizer, (spec // 8) ** 2, PixelBank(world, micro_processor.image_processor, spec),
-                  n_augment=3, n_text_variants=2, task_augment={"naming": 50})
+    bank = PixelBank(world, micro_processor.image_processor, spec)
+    enc = Encoder(micro_tokenizer, (spec // 8) ** 2, bank, n_augment=3, n_text_variants=2,
+                  task_augment={"naming": TaskAugment(50, occlusion=0.5, style=1.0)})
     rng = random.Random(0)
     naming, fact = next(corpus.naming("train")), next(corpus.image_facts("train", "seen"))
     seen = {task: {enc.resolve(ex.image, rng, ex.task).view for _ in range(400)}
             for task, ex in (("naming", naming), ("image_fact", fact))}
     assert seen["image_fact"] == {f"aug:{i}" for i in range(3)}
-    assert len(seen["naming"]) > 30 and all(0 <= int(v[4:]) < 50 for v in seen["naming"])
+    assert len(seen["naming"]) > 30 and all(v.startswith("aug:") and v.endswith(":0.5:1") for v in seen["naming"])
+    assert all(0 <= int(v.split(":")[1]) < 50 for v in seen["naming"])
+    # each name renders the view it says: rendering k with those chances (here every one outlined)
+    creature = world.creatures[naming.creature]
+    for k in (1, 7):
+        expected = render_creature(creature, spec, training_view(world.seed, creature.index, k, 0.5, 1.0))
+        got = render_key(world, ImageKey("creature", creature.index, augment_view(k, 0.5, 1.0)), spec)
+        assert training_view(world.seed, creature.index, k, 0.5, 1.0).outline and got.tobytes() == expected.tobytes()
+    assert augment_view(4) == "aug:4"  # the default chances keep the names (and pixels) they had
 
 
 def test_task_augment_is_checked_when_the_config_is_read():
     from mmunlearn.config import pretrain_settings
 
-    assert pretrain_settings(load_config([])).task_augment == {"naming": 1000}  # conf/pretrain/default.yaml
-    assert pretrain_settings(load_config(["pretrain.task_augment.naming=200"])).task_augment == {"naming": 200}
+    def read(*overrides):
+        return pretrain_settings(load_config(list(overrides))).task_augment
+
+    assert read() == {"naming": TaskAugment(1000, occlusion=0.5, style=0.5)}  # conf/pretrain/default.yaml
+    assert read("pretrain.task_augment.naming=200") == {"naming": TaskAugment(200)}
+    assert read("pretrain.task_augment.naming.renderings=200") == {"naming": TaskAugment(200, 0.5, 0.5)}
     with pytest.raises(ConfigError, match=r"pretrain.task_augment.namng: not a training task"):
-        pretrain_settings(load_config(["+pretrain.task_augment.namng=200"]))
-    with pytest.raises(ConfigError, match=r"pretrain.task_augment.naming: must be a whole number >= 1"):
-        pretrain_settings(load_config(["pretrain.task_augment.naming=0"]))
+        read("+pretrain.task_augment.namng=200")
+    with pytest.raises(ConfigError, match=r"pretrain.task_augment.naming.renderings: must be a whole number >= 1"):
+        read("pretrain.task_augment.naming=0")
+    with pytest.raises(ConfigError, match=r"pretrain.task_augment.naming.occlusion: must be a chance in \[0, 1\]"):
+        read("pretrain.task_augment.naming.occlusion=1.5")
+    with pytest.raises(ConfigError, match=r"pretrain.task_augment.naming: unknown key\(s\) \['occlusoin'\]"):
+        read("+pretrain.task_augment.naming.occlusoin=0.5")
 
 
 def test_every_training_pool_is_a_named_training_task(micro_world):

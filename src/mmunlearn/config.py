@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mmunlearn.errors import ConfigError
 from mmunlearn.models.smol_llava import SmolLlavaSpec
 from mmunlearn.models.tiny_llava import TinyLlavaSpec
+from mmunlearn.pretrain.batches import TaskAugment
 from mmunlearn.pretrain.smol import AlignConfig, LoraSettings
 from mmunlearn.pretrain.trainer import Stage, TrainConfig
 from mmunlearn.pretrain.vision_warmup import VisionWarmup
@@ -43,7 +44,7 @@ class PretrainSettings:
     align: AlignConfig | None = None  # smol model only: the vision alignment stage
     lora: LoraSettings | None = None  # smol model only: the LoRA that teaches the LM the world
     vision_warmup: VisionWarmup | None = None  # tiny model only: identity training of the tower first
-    task_augment: dict[str, int] = dataclasses.field(default_factory=dict)  # per-task renderings, not n_augment
+    task_augment: dict[str, TaskAugment] = dataclasses.field(default_factory=dict)  # tasks' own renderings
 
 
 def _first_message(exc: BaseException) -> str:
@@ -107,15 +108,28 @@ def model_spec(cfg: DictConfig) -> TinyLlavaSpec | SmolLlavaSpec:
     return spec
 
 
-def _task_augment(node: dict) -> dict[str, int]:
+def _task_augment(node: dict) -> dict[str, TaskAugment]:
+    """Each entry: a number of renderings, or {renderings, occlusion, style}."""
     from mmunlearn.pretrain.tasks import TRAINING_TASKS
 
-    for task, n in node.items():
+    out = {}
+    for task, value in node.items():
+        where = f"pretrain.task_augment.{task}"
         if task not in TRAINING_TASKS:
-            raise ConfigError(f"config pretrain.task_augment.{task}: not a training task ({', '.join(TRAINING_TASKS)})")
-        if not isinstance(n, int) or n < 1:
-            raise ConfigError(f"config pretrain.task_augment.{task}: must be a whole number >= 1, got {n!r}")
-    return dict(node)
+            raise ConfigError(f"config {where}: not a training task ({', '.join(TRAINING_TASKS)})")
+        fields = value if isinstance(value, dict) else {"renderings": value}
+        unknown = sorted(set(fields) - {"renderings", "occlusion", "style"})
+        if unknown:
+            raise ConfigError(f"config {where}: unknown key(s) {unknown}; known: ['occlusion', 'renderings', 'style']")
+        n = fields.get("renderings")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"config {where}.renderings: must be a whole number >= 1, got {n!r}")
+        for name in ("occlusion", "style"):
+            p = fields.get(name, 0.0)
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+                raise ConfigError(f"config {where}.{name}: must be a chance in [0, 1], got {p!r}")
+        out[task] = TaskAugment(n, **{k: float(fields[k]) for k in ("occlusion", "style") if k in fields})
+    return out
 
 
 def pretrain_settings(cfg: DictConfig) -> PretrainSettings:

@@ -15,7 +15,7 @@ import torch
 from mmunlearn.models.tiny_llava import render_prompt
 from mmunlearn.world.corpus import Example, ImageKey
 from mmunlearn.world.entities import World
-from mmunlearn.world.images import render_key
+from mmunlearn.world.images import TRAIN_OCCLUSION, TRAIN_STYLE, augment_view, render_key
 
 
 class PixelBank:
@@ -50,15 +50,26 @@ class Batch:
         return inputs
 
 
+@dataclass(frozen=True)
+class TaskAugment:
+    """One task's own training renderings: `renderings` per creature, each occluded / outlined with these chances.
+    Naming on many, often occluded renderings teaches the language model to name hard images while the image
+    facts stay on the curriculum's few (`n_augment`), so they are answered through the name."""
+
+    renderings: int
+    occlusion: float = TRAIN_OCCLUSION
+    style: float = TRAIN_STYLE
+
+
 class Encoder:
     """Tokenises (prompt, answer) pairs once; resolves training image keys to concrete renderings."""
 
     def __init__(self, tokenizer, image_seq_length: int, bank: PixelBank, n_augment: int, n_text_variants: int,
-                 render: Callable[..., str] = render_prompt, task_augment: dict[str, int] | None = None):
+                 render: Callable[..., str] = render_prompt, task_augment: dict[str, TaskAugment] | None = None):
         self.tokenizer, self.image_seq_length, self.bank = tokenizer, image_seq_length, bank
         self.render = render  # (prompt, has_image, image_seq_length, answer=None) -> the model's chat text
         self.n_augment, self.n_text_variants = n_augment, n_text_variants
-        self.task_augment = dict(task_augment or {})  # renderings per creature for these tasks, not n_augment
+        self.task_augment = dict(task_augment or {})  # these tasks' own renderings, not n_augment
         self._ids: dict[tuple[str, str, bool], tuple[list[int], int]] = {}
         self.pad_id = tokenizer.pad_token_id
 
@@ -75,8 +86,11 @@ class Encoder:
 
     def resolve(self, key: ImageKey, rng: random.Random, task: str = "") -> ImageKey:
         if key.kind == "creature" and key.view == "train":
-            n = self.task_augment.get(task, self.n_augment)
-            return ImageKey("creature", key.creature, f"aug:{rng.randrange(n)}")
+            own = self.task_augment.get(task)
+            if own is None:
+                return ImageKey("creature", key.creature, augment_view(rng.randrange(self.n_augment)))
+            return ImageKey("creature", key.creature,
+                            augment_view(rng.randrange(own.renderings), own.occlusion, own.style))
         if key.kind == "text" and key.variant < 0:
             return ImageKey("text", words=key.words, variant=rng.randrange(1, self.n_text_variants + 1))
         return key

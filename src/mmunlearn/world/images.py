@@ -12,10 +12,11 @@ from mmunlearn.world.proximity import TIERS, paraphrase_view
 from mmunlearn.world.render import View, render_creature, render_text, sample_view
 
 MAX_TRAIN_STRENGTH = 0.9
+TRAIN_OCCLUSION = TRAIN_STYLE = 0.25  # default chances of an occluder / of the outline style per rendering
 
 
-def training_view(seed: int, creature: int, k: int, occlusion: float = 0.25, style: float = 0.25,
-                  max_strength: float = MAX_TRAIN_STRENGTH) -> View:
+def training_view(seed: int, creature: int, k: int, occlusion: float = TRAIN_OCCLUSION,
+                  style: float = TRAIN_STYLE, max_strength: float = MAX_TRAIN_STRENGTH) -> View:
     """Augmentation k of a creature (k=0 is canonical). Spans easy..hard changes, drawn apart from eval views;
     `occlusion` and `style` are the chances of an occluder and of the outline style."""
     if k == 0:
@@ -23,6 +24,13 @@ def training_view(seed: int, creature: int, k: int, occlusion: float = 0.25, sty
     rng = random.Random(f"train-aug/{seed}/{creature}/{k}")
     strength = rng.uniform(0.0, max_strength)
     return sample_view(rng, strength, occlude=rng.random() < occlusion, style=rng.random() < style)
+
+
+def augment_view(k: int, occlusion: float = TRAIN_OCCLUSION, style: float = TRAIN_STYLE) -> str:
+    """The view name of training rendering k drawn with these chances: "aug:K" at the defaults, else "aug:K:O:S"."""
+    if (occlusion, style) == (TRAIN_OCCLUSION, TRAIN_STYLE):
+        return f"aug:{k}"
+    return f"aug:{k}:{occlusion:g}:{style:g}"
 
 
 def render_key(world: World, key: ImageKey, size: int) -> Image.Image:
@@ -33,7 +41,8 @@ def render_key(world: World, key: ImageKey, size: int) -> Image.Image:
         elif key.view in TIERS:
             view = paraphrase_view(world.seed, key.creature, key.view)
         elif key.view.startswith("aug:"):
-            view = training_view(world.seed, key.creature, int(key.view[4:]))
+            k, *chances = key.view[4:].split(":")
+            view = training_view(world.seed, key.creature, int(k), *map(float, chances))
         else:
             raise ValueError(f"image key view {key.view!r} names no rendering")
         return render_creature(creature, size, view)
