@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from mmunlearn.errors import ConfigError, MMUnlearnError
 
@@ -154,6 +155,34 @@ def _check_run_config(cfg: object, tracks: list[str]) -> None:
             get_judge(str(name))
 
 
+def _run_pooled(cfg: Any, run_dir: Path, tracks: list[str]) -> None:
+    """Both tracks on one model with `unlok.workers` > 1: every pending unit of both in one queue of worker
+    processes (UnLOK groups first, then the safety runs, which fill the cores as the last groups finish);
+    the tracks then only assemble their summaries. Otherwise nothing: each track runs its own units."""
+    import time
+
+    from tqdm import tqdm
+
+    from mmunlearn.experiments.safety import pending_runs
+    from mmunlearn.experiments.unlok import pending_groups
+    from mmunlearn.experiments.workers import configured_workers, run_in_workers
+    from mmunlearn.runner.manifest import write_json_atomic
+
+    workers = configured_workers(cfg)
+    if set(tracks) != set(TRACKS) or workers < 2 or cfg.safety.model != cfg.unlok.model:
+        return
+    dirs = {track: run_dir / track for track in TRACKS}
+    jobs = [("unlok", s) for s in pending_groups(cfg, dirs["unlok"])]
+    jobs += [("safety", i) for i in pending_runs(cfg, dirs["safety"])]
+    if not jobs:
+        return
+    t0 = time.perf_counter()
+    with tqdm(total=len(jobs), desc="units (unlok groups, safety runs)", unit="unit", disable=None) as bar:
+        run_in_workers(cfg, dirs, jobs, workers, on_unit=lambda _track, _index: bar.update(1))
+    write_json_atomic(run_dir / "timings.json", {"pooled_units": len(jobs), "workers": workers,
+                                                 "pooled_seconds_this_call": time.perf_counter() - t0})
+
+
 def _run_one(overrides: list[str], out: str | None, tracks: list[str]) -> None:
     from omegaconf import OmegaConf
 
@@ -169,6 +198,7 @@ def _run_one(overrides: list[str], out: str | None, tracks: list[str]) -> None:
     resumed = claim(run_dir, OmegaConf.to_container(cfg, resolve=True),
                     {"tracks": tracks, "started": now(), "versions": package_versions(), "git_sha": git_sha()})
     print(f"run directory {run_dir}{' (resuming)' if resumed else ''}")
+    _run_pooled(cfg, run_dir, tracks)
     if "unlok" in tracks:
         result = run_unlok(cfg, run_dir / "unlok")
         print("\nUnLOK attack success:")

@@ -93,12 +93,29 @@ def test_worker_processes_give_the_single_process_summary(reference, tmp_path, m
     assert (run / "samples.jsonl").read_text() == (reference / "run" / "unlok" / "samples.jsonl").read_text()
 
 
+def test_both_tracks_in_one_queue_of_workers_give_the_single_process_summaries(reference, tmp_path,
+                                                                               micro_overrides):
+    """`mmunlearn run` with two workers: UnLOK groups and safety runs share one queue; both summaries (and
+    the samples) are the single-process run's."""
+    overrides = [o for o in FAST if o != "threads=1"] + ["threads=2", "unlok.workers=2"]
+    code = main(["run", "--out", str(tmp_path / "run"), *micro_overrides, *overrides,
+                 f"paths.cache_dir={reference / 'cache'}"])
+    assert code == 0
+    run = tmp_path / "run"
+    pooled = json.loads((run / "timings.json").read_text())
+    assert pooled["pooled_units"] == 3 + 2 and pooled["workers"] == 2  # 3 facts in groups of 1, 2 safety runs
+    assert len(list((run / "safety" / "units").glob("*.json"))) == 2
+    assert _summaries(run) == _summaries(reference / "run")
+    for track in ("unlok", "safety"):
+        assert (run / track / "samples.jsonl").read_text() == (reference / "run" / track / "samples.jsonl").read_text()
+
+
 @pytest.mark.parametrize(("overrides", "expected"), [(["threads=3"], 3), (["threads=3", "unlok.model=some/model"], 1),
                                                      (["threads=3", "device=cuda"], 1),
                                                      (["unlok.workers=2", "unlok.model=some/model"], 2)])
 def test_auto_workers_are_one_per_thread_for_the_tiny_model_on_the_cpu_only(overrides, expected):
     from mmunlearn.config import load_config
-    from mmunlearn.experiments.unlok_workers import configured_workers
+    from mmunlearn.experiments.workers import configured_workers
 
     assert configured_workers(load_config(overrides)) == expected
     assert configured_workers(load_config(["model=smol"])) == 1
@@ -155,10 +172,11 @@ def test_sigkill_at_any_point_resumes_to_the_same_summary(reference, tmp_path, m
 def test_a_worker_error_stops_the_run_with_its_one_line_message(tmp_path, micro_overrides):
     from mmunlearn.config import load_config
     from mmunlearn.errors import MMUnlearnError
-    from mmunlearn.experiments.unlok_workers import run_in_workers
+    from mmunlearn.experiments.workers import run_in_workers
 
     cfg = load_config([*micro_overrides, *FAST, f"paths.cache_dir={tmp_path}/c"])
-    finished: list[int] = []
-    with pytest.raises(MMUnlearnError, match=r"^unlok worker: \w+Error") as error:
-        run_in_workers(cfg, tmp_path / "run", [10_000], 1, on_unit=finished.append)  # no fact at 10,000
+    finished: list[tuple[str, int]] = []
+    with pytest.raises(MMUnlearnError, match=r"^worker process: \w+Error") as error:
+        run_in_workers(cfg, {"unlok": tmp_path / "run"}, [("unlok", 10_000)], 1,
+                       on_unit=lambda *job: finished.append(job))  # no fact at 10,000
     assert "\n" not in str(error.value) and not finished

@@ -192,46 +192,88 @@ def evaluate(adapter: VLMAdapter, run: str, data: SafetyData, suites: dict[str, 
     return rows
 
 
+def claim_safety(cfg: DictConfig, out_dir: Path) -> bool:
+    """Create or resume the track's directory for this config (True when resuming)."""
+    return claim(out_dir, OmegaConf.to_container(cfg, resolve=True),
+                 {"seeds": {"safety": int(cfg.safety.seed)}, "started": now(), "versions": package_versions(),
+                  "git_sha": git_sha()})
+
+
+def pending_runs(cfg: DictConfig, out_dir: Path) -> list[int]:
+    """Claim `out_dir` and return the indices of the configured runs not finished in it."""
+    runs = run_settings(cfg)[0]
+    claim_safety(cfg, out_dir)
+    units = Units(out_dir)
+    return [i for i, run in enumerate(runs) if units.load(i, run) is None]
+
+
+class SafetyRunner:
+    """The track's units (one per configured run) on one loaded model: the data, suites, judges and the editor
+    that restores the original weights after each run. A unit depends only on its run's definition, so any
+    process can run it (`experiments.workers`)."""
+
+    def __init__(self, cfg: DictConfig, log: Callable[[str], None] = print) -> None:
+        from mmunlearn.config import configured_device, world_config
+        from mmunlearn.experiments.unlok import load_model_by_name
+        from mmunlearn.pretrain.pipeline import build_world
+
+        self.runs, self.defs, self.loss_params, self.settings, self.edit_config = run_settings(cfg)
+        suite_params = _node(cfg, "suite_params") or {}
+        self.suites = {n: get_suite(n, **(suite_params.get(n) or {})) for n in _node(cfg, "suites")}
+        self.judges = {n: get_judge(n) for n in _node(cfg, "judges")}
+        configured_device(cfg)
+        wcfg = world_config(cfg)
+        corpus = build_world(wcfg).corpus
+        self.data = build_data(corpus, wcfg.image_size, int(cfg.safety.n_eval), int(cfg.safety.n_utility),
+                               int(cfg.safety.seed))
+        self.adapter = load_model_by_name(cfg, cfg.safety.model, int(cfg.safety.batch_size), log)
+        self.max_new_tokens = int(cfg.safety.max_new_tokens)
+        self.editor: Editor | None = None
+
+    def __enter__(self) -> SafetyRunner:
+        self.editor = Editor(self.adapter, self.edit_config).__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.editor is not None:
+            self.editor.__exit__(*exc)
+
+    def run_unit(self, index: int, units: Units) -> dict[str, Any]:
+        """Train and evaluate run `index` and save it as a unit."""
+        assert self.editor is not None, "use SafetyRunner as a context manager"
+        run = self.runs[index]
+        done = _train_and_evaluate(self.adapter, self.editor, run, self.defs[run], self.loss_params, self.settings,
+                                   self.data, self.suites, self.judges, self.max_new_tokens,
+                                   units.dir.parent / "images")
+        units.save(index, run, done)
+        return done
+
+
 def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print) -> tuple[dict[str, Any], float]:
     """Run (or resume) the safety experiment in `out_dir`; each run (train + evaluate) is one unit."""
-    from mmunlearn.config import configured_device, world_config
-    from mmunlearn.experiments.unlok import load_model_by_name
-    from mmunlearn.pretrain.pipeline import build_world
-
     torch.set_num_threads(int(cfg.threads))
-    runs, defs, loss_params, settings, edit_config = run_settings(cfg)
-    suite_params = _node(cfg, "suite_params") or {}
-    suites = {n: get_suite(n, **(suite_params.get(n) or {})) for n in _node(cfg, "suites")}
-    judges = {n: get_judge(n) for n in _node(cfg, "judges")}
-    configured_device(cfg)
-    started, t0 = now(), time.perf_counter()
-    seed = int(cfg.safety.seed)
-    resumed = claim(out_dir, OmegaConf.to_container(cfg, resolve=True),
-                    {"seeds": {"safety": seed}, "started": started, "versions": package_versions(),
-                     "git_sha": git_sha()})
-    wcfg = world_config(cfg)
-    corpus = build_world(wcfg).corpus
-    data = build_data(corpus, wcfg.image_size, int(cfg.safety.n_eval), int(cfg.safety.n_utility), seed)
-    adapter = load_model_by_name(cfg, cfg.safety.model, int(cfg.safety.batch_size), log)
-    log(f"safety: runs {', '.join(runs)}; {len(suites)} suites x {len(data.attack_set)} harmful requests; "
-        f"judges {', '.join(judges)}; on {adapter.name}{' (resuming)' if resumed else ''}")
+    run_settings(cfg)  # checked before any work
+    t0 = time.perf_counter()
+    resumed = claim_safety(cfg, out_dir)
     units = Units(out_dir)
     rows: list[dict[str, Any]] = []
     compute: dict[str, Any] = {}
     timings: dict[str, Any] = {}
-    with Editor(adapter, edit_config) as editor:
+    with SafetyRunner(cfg, log) as runner:
+        runs, data, suites, judges = runner.runs, runner.data, runner.suites, runner.judges
+        log(f"safety: runs {', '.join(runs)}; {len(suites)} suites x {len(data.attack_set)} harmful requests; "
+            f"judges {', '.join(judges)}; on {runner.adapter.name}{' (resuming)' if resumed else ''}")
         for i, run in enumerate(tqdm(runs, desc="safety runs", unit="run", disable=None)):
             done = units.load(i, run)
             if done is None:
-                done = _train_and_evaluate(adapter, editor, run, defs[run], loss_params, settings, data, suites,
-                                           judges, int(cfg.safety.max_new_tokens), out_dir / "images")
-                units.save(i, run, done)
+                done = runner.run_unit(i, units)
             rows += done["rows"]
             if done["compute"] is not None:
                 compute[run] = done["compute"]
             timings[run] = done["timing"]
+    seed = int(cfg.safety.seed)
     summary = summarize_safety(rows, runs, list(suites), list(judges), compute, seed=seed)
-    summary["model"] = adapter.name
+    summary["model"] = runner.adapter.name
     timings["wall_seconds_this_call"] = time.perf_counter() - t0
     write_jsonl_atomic(out_dir / "samples.jsonl", rows)
     write_json_atomic(out_dir / "images.json", {p.stem: f"images/{p.name}"
@@ -240,7 +282,7 @@ def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = prin
     write_json_atomic(out_dir / "timings.json", timings)
     (out_dir / "report.md").write_text(safety_report(summary, list(judges), runs, list(suites), timings),
                                        encoding="utf-8")
-    finish_manifest(out_dir, finished=now(), model_fingerprint=model_fingerprint(adapter.name),
+    finish_manifest(out_dir, finished=now(), model_fingerprint=model_fingerprint(runner.adapter.name),
                     data_fingerprint=data_fingerprint([*data.attack_set, *data.benign_eval]))
     return summary, time.perf_counter() - t0
 

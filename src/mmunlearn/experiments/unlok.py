@@ -252,6 +252,25 @@ def unit_key(chunk: Sequence[Any], group: int) -> str:
     return chunk[0].id if group == 1 else f"{chunk[0].id}+{len(chunk) - 1}"
 
 
+def claim_unlok(cfg: DictConfig, out_dir: Path) -> bool:
+    """Create or resume the track's directory for this config (True when resuming)."""
+    return claim(out_dir, OmegaConf.to_container(cfg, resolve=True),
+                 {"seeds": {"unlok": int(cfg.unlok.seed)}, "started": now(), "versions": package_versions(),
+                  "git_sha": git_sha()})
+
+
+def _pending(benchmark: Benchmark, units: Units, group: int) -> list[int]:
+    records = benchmark.records
+    return [s for s in range(0, len(records), group) if units.load(s, unit_key(records[s:s + group], group)) is None]
+
+
+def pending_groups(cfg: DictConfig, out_dir: Path) -> list[int]:
+    """Claim `out_dir` and return the first record of each group of facts not finished in it."""
+    build_components(cfg)
+    claim_unlok(cfg, out_dir)
+    return _pending(load_benchmark(cfg), Units(out_dir), group_size(cfg))
+
+
 def run_unlok(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print) -> UnlokResult:
     """Run (or resume) the experiment in `out_dir` and write its outputs; returns the summary.
 
@@ -259,23 +278,21 @@ def run_unlok(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print
     finished units. With `unlok.workers` > 1 the pending units are shared among that many processes.
     """
     from mmunlearn.config import configured_device
-    from mmunlearn.experiments.unlok_workers import configured_workers, run_in_workers
+    from mmunlearn.experiments.workers import configured_workers, run_in_workers
 
     torch.set_num_threads(int(cfg.threads))
     build_components(cfg)  # every component, the device and the worker count checked before any work
     configured_device(cfg)
     workers = configured_workers(cfg)
-    config_dict = OmegaConf.to_container(cfg, resolve=True)
-    started, t0 = now(), time.perf_counter()
-    resumed = claim(out_dir, config_dict, {"seeds": {"unlok": int(cfg.unlok.seed)}, "started": started,
-                                           "versions": package_versions(), "git_sha": git_sha()})
+    t0 = time.perf_counter()
+    resumed = claim_unlok(cfg, out_dir)
     benchmark = load_benchmark(cfg)
     adapter = load_model(cfg, log)
     units = Units(out_dir)
     records = benchmark.records
     group = group_size(cfg)
     starts = list(range(0, len(records), group))
-    pending = [s for s in starts if units.load(s, unit_key(records[s:s + group], group)) is None]
+    pending = _pending(benchmark, units, group)
     workers = min(workers, max(1, len(pending)))
     with GroupRunner(cfg, benchmark, adapter) as runner:
         log(f"unlok: {len(benchmark)} facts, {len(runner.defenses)} defenses, {len(runner.attacks)} attacks"
@@ -284,8 +301,8 @@ def run_unlok(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print
         with tqdm(total=len(records), desc="unlok facts", unit="fact", disable=None) as bar:
             bar.update(len(records) - sum(len(records[s:s + group]) for s in pending))
             if workers > 1:
-                run_in_workers(cfg, out_dir, pending, workers,
-                               on_unit=lambda s: bar.update(len(records[s:s + group])))
+                run_in_workers(cfg, {"unlok": out_dir}, [("unlok", s) for s in pending], workers,
+                               on_unit=lambda _track, s: bar.update(len(records[s:s + group])))
             else:
                 for start in pending:
                     runner.run_unit(start, units)

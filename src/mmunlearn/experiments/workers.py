@@ -1,13 +1,16 @@
-"""UnLOK units shared among worker processes on one machine (`unlok.workers`).
+"""Units of the tracks shared among worker processes on one machine (`unlok.workers`).
 
 A small model on a CPU keeps few cores busy inside one forward pass: on 2 cores the default UnLOK run takes
 194 s in two processes of one thread each and 231 s in one process of two threads (benchmarks/unlok_workers.py,
 docs/performance.md).
-Units are independent (a group's results depend only on its facts, `GroupRunner`), so each worker loads the
-model, takes pending units from a shared queue, and writes each finished unit into the run directory as the
-single process would; the parent then assembles the summary from the units. Each worker gets
-`threads // workers` torch threads (at least one). A worker's error stops the run with its one-line message;
-finished units stay, and the same command resumes.
+Units are independent (a UnLOK group's results depend only on its facts, `GroupRunner`; a safety run's only
+on its definition, `SafetyRunner`), so each worker takes pending `(track, unit)` jobs from a shared queue,
+opens that track's runner (its own copy of the model) the first time it meets the track, and writes each
+finished unit into the track's directory as the single process would; the parent then assembles each track's
+summary from its units. `mmunlearn run` puts both tracks' units in one queue, so no core idles while the
+other finishes the last UnLOK group and the safety runs wait. Each worker gets `threads // workers` torch
+threads (at least one). A worker's error stops the run with its one-line message; finished units stay, and
+the same command resumes.
 """
 
 from __future__ import annotations
@@ -43,45 +46,64 @@ def configured_workers(cfg: DictConfig) -> int:
     return workers
 
 
-def _work(config: dict[str, Any], out_dir: str, threads: int, todo: Any, results: Any, parent: int) -> None:
-    """A worker: load the benchmark and model, then run units from `todo` until its None (or until the parent
-    process, pid `parent`, is gone)."""
+def open_runner(track: str, cfg: DictConfig) -> Any:
+    """The runner of `track`'s units (a context manager with `run_unit(index, units)`), its model loaded."""
+    if track == "unlok":
+        from mmunlearn.experiments.unlok import GroupRunner, load_benchmark, load_model
+
+        return GroupRunner(cfg, load_benchmark(cfg), load_model(cfg, lambda _message: None), show_states=False)
+    if track == "safety":
+        from mmunlearn.experiments.safety import SafetyRunner
+
+        return SafetyRunner(cfg, log=lambda _message: None)
+    raise ValueError(f"no runner for track {track!r}")
+
+
+def _work(config: dict[str, Any], out_dirs: dict[str, str], threads: int, todo: Any, results: Any,
+          parent: int) -> None:
+    """A worker: run `(track, index)` jobs from `todo` until its None (or until the parent process, pid
+    `parent`, is gone), opening each track's runner when its first job comes."""
     try:
+        import contextlib
+
         import torch
 
-        from mmunlearn.experiments.unlok import GroupRunner, load_benchmark, load_model
         from mmunlearn.runner.run_dir import Units
 
         # This worker's share is its `threads` (read again by whatever loads the model): more threads than
         # cores across the workers makes each of them many times slower.
         cfg = OmegaConf.create({**config, "threads": threads})
-        benchmark = load_benchmark(cfg)
-        adapter = load_model(cfg, lambda _message: None)
         torch.set_num_threads(threads)
-        units = Units(Path(out_dir))
-        with GroupRunner(cfg, benchmark, adapter, show_states=False) as runner:
-            while (start := todo.get()) is not None:
+        runners: dict[str, Any] = {}
+        with contextlib.ExitStack() as stack:
+            while (job := todo.get()) is not None:
                 if os.getppid() != parent:
                     return  # the run was killed: leave the remaining units to the rerun
-                runner.run_unit(start, units)
-                results.put(("unit", start))
+                track, index = job
+                if track not in runners:
+                    runners[track] = stack.enter_context(open_runner(track, cfg))
+                    torch.set_num_threads(threads)
+                runners[track].run_unit(index, Units(Path(out_dirs[track])))
+                results.put(("unit", job))
         results.put(("done", None))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         results.put(("error", one_line(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, 400)))
 
 
-def run_in_workers(cfg: DictConfig, out_dir: Path, starts: Sequence[int], workers: int,
-                   on_unit: Callable[[int], None]) -> None:
-    """Run the units at `starts` in `workers` spawned processes; `on_unit(start)` as each one finishes."""
+def run_in_workers(cfg: DictConfig, out_dirs: dict[str, Path], jobs: Sequence[tuple[str, int]], workers: int,
+                   on_unit: Callable[[str, int], None]) -> None:
+    """Run `jobs`, `(track, unit index)` pairs in queue order, in `workers` spawned processes, each track's
+    units written into `out_dirs[track]`; `on_unit(track, index)` as each one finishes."""
     context = mp.get_context("spawn")  # a fresh interpreter: no forked torch thread pools or locks
     todo, results = context.Queue(), context.Queue()
-    for start in starts:
-        todo.put(start)
+    for job in jobs:
+        todo.put(job)
     for _ in range(workers):
         todo.put(None)
     threads = max(1, int(cfg.threads) // workers)
     config = OmegaConf.to_container(cfg, resolve=True)
-    processes = [context.Process(target=_work, args=(config, str(out_dir), threads, todo, results, os.getpid()),
+    processes = [context.Process(target=_work, args=(config, {t: str(d) for t, d in out_dirs.items()}, threads, todo,
+                                                         results, os.getpid()),
                                  daemon=True)
                  for _ in range(workers)]
     for process in processes:
@@ -94,14 +116,14 @@ def run_in_workers(cfg: DictConfig, out_dir: Path, starts: Sequence[int], worker
             except queue.Empty:
                 dead = [p for p in processes if p.exitcode not in (None, 0)]
                 if dead:
-                    raise MMUnlearnError(f"an unlok worker process exited with code {dead[0].exitcode} without a "
+                    raise MMUnlearnError(f"a worker process exited with code {dead[0].exitcode} without a "
                                          "report (killed, e.g. out of memory, or it could not start); finished "
                                          "units are kept, rerun to resume") from None
                 continue
             if kind == "error":
-                raise MMUnlearnError(f"unlok worker: {value}")
+                raise MMUnlearnError(f"worker process: {value}")
             if kind == "unit":
-                on_unit(int(value))
+                on_unit(str(value[0]), int(value[1]))
             else:
                 finished += 1
         for process in processes:
