@@ -27,6 +27,7 @@ from transformers import CLIPVisionModel
 from mmunlearn.config import load_config, model_spec, pretrain_settings, world_config
 from mmunlearn.metrics.bootstrap import cluster_bootstrap_ci
 from mmunlearn.models.tiny_llava import vision_config, world_image_processor
+from mmunlearn.pretrain.batches import PixelBank
 from mmunlearn.pretrain.pipeline import build_world
 from mmunlearn.pretrain.vision_warmup import VisionWarmup, identity_logits, identity_set, render_pixels, train_identity
 from mmunlearn.world.proximity import TIERS, paraphrase_view
@@ -54,7 +55,7 @@ def main() -> None:
     processor, n = world_image_processor(spec.image_size), len(world.creatures)
 
     t0 = time.perf_counter()
-    pixels, labels = identity_set(world, processor, spec.image_size, settings)
+    pixels, labels = identity_set(PixelBank(world, processor, spec.image_size, int(cfg.threads)), settings)
     torch.manual_seed(train.seed)
     tower = CLIPVisionModel(vision_config(spec))
     head = train_identity(tower, pixels, labels, n, settings, train.seed, train.weight_decay, train.grad_clip)

@@ -9,6 +9,7 @@ from transformers import CLIPVisionModel
 from mmunlearn.config import load_config, pretrain_settings
 from mmunlearn.errors import ConfigError
 from mmunlearn.models.tiny_llava import vision_config, world_image_processor
+from mmunlearn.pretrain.batches import PixelBank
 from mmunlearn.pretrain.pipeline import pretrain
 from mmunlearn.pretrain.vision_warmup import (
     VisionWarmup,
@@ -18,14 +19,22 @@ from mmunlearn.pretrain.vision_warmup import (
     train_identity,
 )
 from mmunlearn.world.images import training_view
+from mmunlearn.world.render import render_creature
+
+
+class _Tokenizer:
+    pad_token_id = 0
 
 SETTINGS = VisionWarmup(steps=40, renderings=3, batch_size=16, lr=1e-2)
 
 
+def bank_of(world, spec, workers: int = 1) -> PixelBank:
+    return PixelBank(world, world_image_processor(spec.image_size), spec.image_size, workers)
+
+
 def trained(micro_world, micro_spec):
     world, _ = micro_world
-    pixels, labels = identity_set(world, world_image_processor(micro_spec.image_size), micro_spec.image_size,
-                                  SETTINGS)
+    pixels, labels = identity_set(bank_of(world, micro_spec), SETTINGS)
     torch.manual_seed(0)
     tower = CLIPVisionModel(vision_config(micro_spec))
     losses = []
@@ -36,11 +45,37 @@ def trained(micro_world, micro_spec):
 
 def test_identity_set_is_canonical_plus_renderings_per_creature(micro_world, micro_spec):
     world, _ = micro_world
-    pixels, labels = identity_set(world, world_image_processor(micro_spec.image_size), micro_spec.image_size,
-                                  SETTINGS)
+    pixels, labels = identity_set(bank_of(world, micro_spec), SETTINGS)
     n = len(world.creatures) * (SETTINGS.renderings + 1)
     assert pixels.shape == (n, 3, micro_spec.image_size, micro_spec.image_size)
     assert labels.tolist() == [c.index for c in world.creatures for _ in range(SETTINGS.renderings + 1)]
+    views = [training_view(world.seed, c.index, k, SETTINGS.occlusion, SETTINGS.style)
+             for c in world.creatures for k in range(SETTINGS.renderings + 1)]
+    for row in (0, 1, n - 1):  # the warm-up's own training views, canonical first
+        expected = world_image_processor(micro_spec.image_size)(
+            images=[render_creature(world.creatures[labels[row].item()], micro_spec.image_size, views[row])],
+            return_tensors="pt")["pixel_values"][0]
+        assert torch.equal(pixels[row], expected)
+
+
+def test_the_curriculum_names_creatures_on_the_warm_up_renderings_without_drawing_them_again(micro_world,
+                                                                                             micro_spec,
+                                                                                             monkeypatch):
+    """A task drawing as many renderings at the warm-up's chances resolves to keys the bank already holds."""
+    import random
+
+    from mmunlearn.pretrain.batches import Encoder, TaskAugment
+
+    world, corpus = micro_world
+    bank = bank_of(world, micro_spec)
+    pixels, _ = identity_set(bank, SETTINGS)
+    encoder = Encoder(_Tokenizer(), micro_spec.image_seq_length, bank, n_augment=2, n_text_variants=1,
+                      task_augment={"naming": TaskAugment(SETTINGS.renderings, SETTINGS.occlusion, SETTINGS.style)})
+    monkeypatch.setattr("mmunlearn.pretrain.batches.render_keys", lambda *a, **k: pytest.fail("rendered again"))
+    rng = random.Random(0)
+    ex = next(corpus.naming("train"))
+    keys = [encoder.resolve(ex.image, rng, ex.task) for _ in range(20)]
+    assert len(set(keys)) > 1 and bank.pixels(keys).shape[0] == 20
 
 
 def test_identity_training_learns_and_is_deterministic(micro_world, micro_spec):

@@ -13,23 +13,25 @@ from dataclasses import dataclass
 import torch
 
 from mmunlearn.models.tiny_llava import render_prompt
+from mmunlearn.pretrain.rendering import render_keys
 from mmunlearn.world.corpus import Example, ImageKey
 from mmunlearn.world.entities import World
-from mmunlearn.world.images import TRAIN_OCCLUSION, TRAIN_STYLE, augment_view, render_key
+from mmunlearn.world.images import TRAIN_OCCLUSION, TRAIN_STYLE, augment_view
 
 
 class PixelBank:
-    """Renders each image key once and keeps its pixel tensor."""
+    """Renders each image key once and keeps its pixel tensor. The vision warm-up renders its identity set
+    through the bank, so the curriculum's naming renderings (the same keys) are not drawn again; large
+    misses render in `workers` processes (`pretrain.rendering`)."""
 
-    def __init__(self, world: World, image_processor, size: int) -> None:
-        self.world, self.image_processor, self.size = world, image_processor, size
+    def __init__(self, world: World, image_processor, size: int, workers: int = 1) -> None:
+        self.world, self.image_processor, self.size, self.workers = world, image_processor, size, workers
         self._cache: dict[ImageKey, torch.Tensor] = {}
 
-    def pixels(self, keys: list[ImageKey]) -> torch.Tensor:
+    def pixels(self, keys: list[ImageKey], desc: str | None = None) -> torch.Tensor:
         missing = list(dict.fromkeys(k for k in keys if k not in self._cache))
         if missing:
-            images = [render_key(self.world, k, self.size) for k in missing]
-            values = self.image_processor(images=images, return_tensors="pt")["pixel_values"]
+            values = render_keys(self.world, self.image_processor, self.size, missing, self.workers, desc)
             self._cache.update(zip(missing, values))
         return torch.stack([self._cache[k] for k in keys])
 

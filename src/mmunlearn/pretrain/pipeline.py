@@ -103,7 +103,7 @@ def _train_tiny(bundle: WorldBundle, spec: TinyLlavaSpec, settings: PretrainSett
     processor = build_processor(tokenizer, spec)
     torch.manual_seed(settings.train.seed)
     model = build_model(tokenizer, spec)
-    bank = PixelBank(bundle.world, processor.image_processor, spec.image_size)
+    bank = PixelBank(bundle.world, processor.image_processor, spec.image_size, workers=torch.get_num_threads())
     encoder = Encoder(tokenizer, spec.image_seq_length, bank, settings.n_augment, settings.n_text_variants,
                       task_augment=settings.task_augment)
     name_ids = {c.index: tokenizer.convert_tokens_to_ids(c.name) for c in bundle.world.creatures}
@@ -112,8 +112,7 @@ def _train_tiny(bundle: WorldBundle, spec: TinyLlavaSpec, settings: PretrainSett
     log(f"world: {bundle.world.size} creatures, {len(tokenizer)} tokens; model: {n_params / 1e6:.2f}M parameters")
     warmup_log = None
     if settings.vision_warmup is not None:
-        warmup_log = warm_up_tower(model.model.vision_tower, bundle.world, processor.image_processor,
-                                   spec.image_size, settings.vision_warmup, settings.train.seed,
+        warmup_log = warm_up_tower(model.model.vision_tower, bank, settings.vision_warmup, settings.train.seed,
                                    settings.train.weight_decay, settings.train.grad_clip, log)
     total = sum(s.steps for s in settings.train.stages)
     with tqdm(total=total, desc="pretrain", unit="step", disable=None) as bar:

@@ -18,8 +18,10 @@ from tqdm.auto import tqdm
 from transformers import get_constant_schedule, get_cosine_schedule_with_warmup
 
 from mmunlearn.errors import ConfigError
+from mmunlearn.pretrain.batches import PixelBank
+from mmunlearn.world.corpus import ImageKey
 from mmunlearn.world.entities import World
-from mmunlearn.world.images import training_view
+from mmunlearn.world.images import augment_view
 from mmunlearn.world.render import View, render_creature
 
 RENDER_CHUNK = 512
@@ -60,12 +62,17 @@ def render_pixels(world: World, image_processor, size: int, views: Sequence[tupl
     return torch.cat(out)
 
 
-def identity_set(world: World, image_processor, size: int, settings: VisionWarmup) -> tuple[torch.Tensor,
-                                                                                           torch.Tensor]:
-    """Every creature's canonical image and `renderings` training views, with the creature as label."""
-    views = [(c.index, training_view(world.seed, c.index, k, settings.occlusion, settings.style))
-             for c in world.creatures for k in range(settings.renderings + 1)]
-    return render_pixels(world, image_processor, size, views, "rendering"), torch.tensor([c for c, _ in views])
+def identity_keys(world: World, settings: VisionWarmup) -> list[ImageKey]:
+    """Every creature's canonical image and `renderings` training views: the keys a curriculum task drawing
+    that many renderings at the same chances resolves to (`augment_view`; k = 0 is the canonical view)."""
+    return [ImageKey("creature", c.index, augment_view(k, settings.occlusion, settings.style))
+            for c in world.creatures for k in range(settings.renderings + 1)]
+
+
+def identity_set(bank: PixelBank, settings: VisionWarmup) -> tuple[torch.Tensor, torch.Tensor]:
+    """The identity set's pixels (rendered through `bank`, which keeps them) with the creature as label."""
+    keys = identity_keys(bank.world, settings)
+    return bank.pixels(keys, desc="rendering"), torch.tensor([k.creature for k in keys])
 
 
 def identity_logits(tower, head: torch.nn.Linear, pixels: torch.Tensor) -> torch.Tensor:
@@ -107,11 +114,12 @@ def train_identity(tower, pixels: torch.Tensor, labels: torch.Tensor, n_classes:
     return head
 
 
-def warm_up_tower(tower, world: World, image_processor, size: int, settings: VisionWarmup, seed: int,
-                  weight_decay: float, grad_clip: float, log: Callable[[str], None] = print) -> list[dict]:
-    """Renders the identity set and trains the tower on it. Returns the loss log (mean identity loss over
-    each fifth of the steps), which is also written through `log`."""
-    pixels, labels = identity_set(world, image_processor, size, settings)
+def warm_up_tower(tower, bank: PixelBank, settings: VisionWarmup, seed: int, weight_decay: float,
+                  grad_clip: float, log: Callable[[str], None] = print) -> list[dict]:
+    """Renders the identity set through `bank` and trains the tower on it. Returns the loss log (mean
+    identity loss over each fifth of the steps), which is also written through `log`."""
+    pixels, labels = identity_set(bank, settings)
+    world = bank.world
     every = max(1, settings.steps // 5)
     window: list[float] = []
     entries: list[dict] = []
