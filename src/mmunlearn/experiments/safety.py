@@ -199,9 +199,17 @@ def claim_safety(cfg: DictConfig, out_dir: Path) -> bool:
                   "git_sha": git_sha()})
 
 
+def suites_and_judges(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The configured attack suites and judges by name (an unknown name is a one-line error)."""
+    suite_params = _node(cfg, "suite_params") or {}
+    suites = {n: get_suite(n, **(suite_params.get(n) or {})) for n in _node(cfg, "suites")}
+    return suites, {n: get_judge(n) for n in _node(cfg, "judges")}
+
+
 def pending_runs(cfg: DictConfig, out_dir: Path) -> list[int]:
     """Claim `out_dir` and return the indices of the configured runs not finished in it."""
     runs = run_settings(cfg)[0]
+    suites_and_judges(cfg)
     claim_safety(cfg, out_dir)
     units = Units(out_dir)
     return [i for i, run in enumerate(runs) if units.load(i, run) is None]
@@ -218,9 +226,7 @@ class SafetyRunner:
         from mmunlearn.pretrain.pipeline import build_world
 
         self.runs, self.defs, self.loss_params, self.settings, self.edit_config = run_settings(cfg)
-        suite_params = _node(cfg, "suite_params") or {}
-        self.suites = {n: get_suite(n, **(suite_params.get(n) or {})) for n in _node(cfg, "suites")}
-        self.judges = {n: get_judge(n) for n in _node(cfg, "judges")}
+        self.suites, self.judges = suites_and_judges(cfg)
         configured_device(cfg)
         wcfg = world_config(cfg)
         corpus = build_world(wcfg).corpus
@@ -252,7 +258,11 @@ class SafetyRunner:
 def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print) -> tuple[dict[str, Any], float]:
     """Run (or resume) the safety experiment in `out_dir`; each run (train + evaluate) is one unit."""
     torch.set_num_threads(int(cfg.threads))
+    from mmunlearn.config import configured_device
+
     run_settings(cfg)  # checked before any work
+    suites_and_judges(cfg)
+    configured_device(cfg)
     t0 = time.perf_counter()
     resumed = claim_safety(cfg, out_dir)
     units = Units(out_dir)
