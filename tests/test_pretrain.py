@@ -205,6 +205,9 @@ def test_task_augment_is_checked_when_the_config_is_read():
         read("pretrain.task_augment.naming.occlusion=1.5")
     with pytest.raises(ConfigError, match=r"pretrain.task_augment.naming: unknown key\(s\) \['occlusoin'\]"):
         read("+pretrain.task_augment.naming.occlusoin=0.5")
+    assert read("+pretrain.task_augment.naming.strength_power=0.5")["naming"].strength_power == 0.5
+    with pytest.raises(ConfigError, match=r"pretrain.task_augment.naming.strength_power: must be a number > 0"):
+        read("+pretrain.task_augment.naming.strength_power=0")
 
 
 def test_every_training_pool_is_a_named_training_task(micro_world):

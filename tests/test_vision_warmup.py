@@ -96,6 +96,27 @@ def test_rendering_chances_are_parameters_and_defaults_keep_the_views():
     assert all(v.occlusion > 0 and not v.outline for v in views)
 
 
+def test_a_strength_power_below_one_favours_strong_changes_and_names_its_own_renderings(micro_world):
+    import statistics
+
+    from mmunlearn.world.corpus import ImageKey
+    from mmunlearn.world.images import augment_view, render_key
+
+    assert training_view(0, 3, 5, strength_power=1.0) == training_view(0, 3, 5)
+    turn = {p: statistics.mean(abs(training_view(0, c, k, strength_power=p).angle)
+                               for c in range(10) for k in range(1, 40)) for p in (1.0, 0.4)}
+    assert turn[0.4] > 1.2 * turn[1.0]
+    assert augment_view(5, 0.5, 0.5) == "aug:5:0.5:0.5" and augment_view(5, 0.5, 0.5, 0.4) == "aug:5:0.5:0.5:0.4"
+    world, _ = micro_world
+    c = world.creatures[1]
+    drawn = render_key(world, ImageKey("creature", c.index, augment_view(5, 0.5, 0.5, 0.4)), 32)
+    assert drawn.tobytes() == render_creature(c, 32, training_view(world.seed, c.index, 5, 0.5, 0.5,
+                                                                   strength_power=0.4)).tobytes()
+    assert drawn.tobytes() != render_key(world, ImageKey("creature", c.index, augment_view(5, 0.5, 0.5)), 32).tobytes()
+    with pytest.raises(ConfigError, match=r"strength_power=0 \(> 0\)"):
+        VisionWarmup(strength_power=0)
+
+
 def test_config_is_checked():
     packaged = VisionWarmup(steps=3000, renderings=1000, schedule="cosine")  # conf/pretrain/default.yaml
     assert pretrain_settings(load_config([])).vision_warmup == packaged

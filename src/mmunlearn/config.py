@@ -109,18 +109,19 @@ def model_spec(cfg: DictConfig) -> TinyLlavaSpec | SmolLlavaSpec:
 
 
 def _task_augment(node: dict) -> dict[str, TaskAugment]:
-    """Each entry: a number of renderings, or {renderings, occlusion, style}."""
+    """Each entry: a number of renderings, or {renderings, occlusion, style, strength_power}."""
     from mmunlearn.pretrain.tasks import TRAINING_TASKS
 
+    known = ["occlusion", "renderings", "strength_power", "style"]
     out = {}
     for task, value in node.items():
         where = f"pretrain.task_augment.{task}"
         if task not in TRAINING_TASKS:
             raise ConfigError(f"config {where}: not a training task ({', '.join(TRAINING_TASKS)})")
         fields = value if isinstance(value, dict) else {"renderings": value}
-        unknown = sorted(set(fields) - {"renderings", "occlusion", "style"})
+        unknown = sorted(set(fields) - set(known))
         if unknown:
-            raise ConfigError(f"config {where}: unknown key(s) {unknown}; known: ['occlusion', 'renderings', 'style']")
+            raise ConfigError(f"config {where}: unknown key(s) {unknown}; known: {known}")
         n = fields.get("renderings")
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ConfigError(f"config {where}.renderings: must be a whole number >= 1, got {n!r}")
@@ -128,7 +129,11 @@ def _task_augment(node: dict) -> dict[str, TaskAugment]:
             p = fields.get(name, 0.0)
             if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
                 raise ConfigError(f"config {where}.{name}: must be a chance in [0, 1], got {p!r}")
-        out[task] = TaskAugment(n, **{k: float(fields[k]) for k in ("occlusion", "style") if k in fields})
+        power = fields.get("strength_power", 1.0)
+        if isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0:
+            raise ConfigError(f"config {where}.strength_power: must be a number > 0, got {power!r}")
+        out[task] = TaskAugment(n, **{k: float(fields[k]) for k in ("occlusion", "style", "strength_power")
+                                      if k in fields})
     return out
 
 

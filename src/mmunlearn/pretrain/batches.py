@@ -61,6 +61,7 @@ class TaskAugment:
     renderings: int
     occlusion: float = TRAIN_OCCLUSION
     style: float = TRAIN_STYLE
+    strength_power: float = 1.0  # as `training_view`: below 1 favours strong changes
 
 
 class Encoder:
@@ -92,7 +93,8 @@ class Encoder:
             if own is None:
                 return ImageKey("creature", key.creature, augment_view(rng.randrange(self.n_augment)))
             return ImageKey("creature", key.creature,
-                            augment_view(rng.randrange(own.renderings), own.occlusion, own.style))
+                            augment_view(rng.randrange(own.renderings), own.occlusion, own.style,
+                                                     own.strength_power))
         if key.kind == "text" and key.variant < 0:
             return ImageKey("text", words=key.words, variant=rng.randrange(1, self.n_text_variants + 1))
         return key

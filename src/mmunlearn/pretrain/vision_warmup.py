@@ -37,6 +37,7 @@ class VisionWarmup:
     batch_size: int = 128
     lr: float = 3e-3
     schedule: str = "constant"  # learning-rate schedule: "constant" or "cosine" (to zero, 5% linear warm-up)
+    strength_power: float = 1.0  # change strength = max * u ** power: 1 even, below 1 favours strong changes
 
     def __post_init__(self) -> None:
         bad = [f"{name}={value!r} ({rule})" for name, value, ok, rule in (
@@ -45,7 +46,8 @@ class VisionWarmup:
             ("occlusion", self.occlusion, 0 <= self.occlusion <= 1, "in [0, 1]"),
             ("style", self.style, 0 <= self.style <= 1, "in [0, 1]"),
             ("batch_size", self.batch_size, self.batch_size >= 1, ">= 1"), ("lr", self.lr, self.lr > 0, "> 0"),
-            ("schedule", self.schedule, self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"))
+            ("schedule", self.schedule, self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+            ("strength_power", self.strength_power, self.strength_power > 0, "> 0"))
             if not ok]
         if bad:
             raise ConfigError(f"config pretrain.vision_warmup: {', '.join(bad)}")
@@ -65,7 +67,7 @@ def render_pixels(world: World, image_processor, size: int, views: Sequence[tupl
 def identity_keys(world: World, settings: VisionWarmup) -> list[ImageKey]:
     """Every creature's canonical image and `renderings` training views: the keys a curriculum task drawing
     that many renderings at the same chances resolves to (`augment_view`; k = 0 is the canonical view)."""
-    return [ImageKey("creature", c.index, augment_view(k, settings.occlusion, settings.style))
+    return [ImageKey("creature", c.index, augment_view(k, settings.occlusion, settings.style, settings.strength_power))
             for c in world.creatures for k in range(settings.renderings + 1)]
 
 
