@@ -37,6 +37,8 @@ def _track_seconds(run_dir: Path) -> dict[str, float]:
         seconds = data.get("wall_seconds_this_call", data.get("wall_seconds"))
         if seconds is not None:
             out[path.parent.name] = float(seconds)
+        if "model_seconds_this_call" in data:  # the shared model pretrained (cold) or found, before the workers
+            out["model"] = float(data["model_seconds_this_call"])
         if "pooled_seconds_this_call" in data:  # both tracks' units in one queue of workers; the tracks assemble
             out["pooled units"] = float(data["pooled_seconds_this_call"])
     return out

@@ -110,6 +110,40 @@ def test_both_tracks_in_one_queue_of_workers_give_the_single_process_summaries(r
         assert (run / track / "samples.jsonl").read_text() == (reference / "run" / track / "samples.jsonl").read_text()
 
 
+def test_the_pooled_run_pretrains_the_shared_model_in_the_parent_with_all_threads_before_the_workers(
+        tmp_path, micro_overrides, monkeypatch):
+    """A cold pooled run: the model is trained once, here, on every thread; the workers start after it and
+    find it cached (each would otherwise train its own copy on its share of the threads)."""
+    import torch
+
+    from mmunlearn import cli
+    from mmunlearn.config import load_config
+    from mmunlearn.experiments import workers
+    from mmunlearn.pretrain import pipeline
+
+    events: list[tuple[str, int]] = []
+
+    def fake_pretrain(cfg, force=False, log=print):
+        torch.set_num_threads(int(cfg.threads))
+        events.append(("pretrain", torch.get_num_threads()))
+
+    def fake_workers(cfg, dirs, jobs, n, on_unit):
+        events.append(("workers", n))
+
+    monkeypatch.setattr(pipeline, "pretrain", fake_pretrain)
+    monkeypatch.setattr(workers, "run_in_workers", fake_workers)
+    before = torch.get_num_threads()
+    try:
+        cfg = load_config([*micro_overrides, *[o for o in FAST if o != "threads=1"], "threads=2", "unlok.workers=2",
+                           f"paths.cache_dir={tmp_path}/c"])
+        cli._run_pooled(cfg, tmp_path / "run", list(cli.TRACKS))
+    finally:
+        torch.set_num_threads(before)
+    assert events == [("pretrain", 2), ("workers", 2)]
+    timings = json.loads((tmp_path / "run" / "timings.json").read_text())
+    assert {"model_seconds_this_call", "pooled_seconds_this_call"} <= set(timings)
+
+
 @pytest.mark.parametrize(("overrides", "expected"), [(["threads=3"], 3), (["threads=3", "unlok.model=some/model"], 1),
                                                      (["threads=3", "device=cuda"], 1),
                                                      (["unlok.workers=2", "unlok.model=some/model"], 2)])

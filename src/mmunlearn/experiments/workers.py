@@ -46,6 +46,17 @@ def configured_workers(cfg: DictConfig) -> int:
     return workers
 
 
+def prepare_shared_model(cfg: DictConfig, log: Callable[[str], None]) -> None:
+    """The embedded tiny model (`unlok.model: null`) pretrained, or found in the cache, here in the parent with
+    all `threads` before any worker starts: workers that each found it missing would each train it on their
+    share of the threads (two one-thread pretrainings side by side took a cold `mmunlearn run` from about
+    800 s to 1,138 s). A named model is only loaded, by each worker."""
+    if cfg.unlok.get("model") is None:
+        from mmunlearn.pretrain.pipeline import pretrain
+
+        pretrain(cfg, log=log)
+
+
 def open_runner(track: str, cfg: DictConfig) -> Any:
     """The runner of `track`'s units (a context manager with `run_unit(index, units)`), its model loaded."""
     if track == "unlok":
