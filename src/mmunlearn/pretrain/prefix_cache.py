@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from transformers.masking_utils import create_causal_mask
 
+from mmunlearn.models.cache_name import CACHE
+
 
 class PrefixCache:
     def __init__(self, model, n_frozen: int, batch_size: int = 64) -> None:
@@ -26,7 +28,7 @@ class PrefixCache:
     def _run(self, hidden: torch.Tensor, mask: torch.Tensor, layers) -> torch.Tensor:
         position_ids = torch.arange(hidden.shape[1]).unsqueeze(0)
         causal = create_causal_mask(config=self.lm.config, inputs_embeds=hidden, attention_mask=mask,
-                                    past_key_values=None, position_ids=position_ids)
+                                    position_ids=position_ids, **{CACHE: None})
         position_embeddings = self.lm.rotary_emb(hidden, position_ids=position_ids)
         for layer in layers:
             hidden = layer(hidden, attention_mask=causal, position_embeddings=position_embeddings,

@@ -35,6 +35,7 @@ from PIL import Image
 from torch import nn
 
 from mmunlearn.errors import ConfigError, MMUnlearnError
+from mmunlearn.models.cache_name import CACHE
 from mmunlearn.registry import did_you_mean
 
 IGNORE_INDEX = -100
@@ -861,9 +862,9 @@ class VLMAdapter(abc.ABC):
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
         prefix = {k: (v[:, :-1] if k in ("input_ids", "attention_mask") else v) for k, v in inputs.items()}
         out = self.model(**prefix, position_ids=positions[:, :-1], use_cache=True, **self._forward_kwargs())
-        cache = out.past_key_values
+        cache = out[CACHE]
         cache.reorder_cache(repeat)
-        return {"input_ids": ids[repeat], "attention_mask": mask[repeat], "past_key_values": cache}
+        return {"input_ids": ids[repeat], "attention_mask": mask[repeat], CACHE: cache}
 
     def _decode_batch(self, inputs: dict[str, Any], max_new_tokens: int, processors: Any = None) -> list[str]:
         """`generate` on prepared inputs (greedy; a logits processor may turn it into sampling), decoded."""
