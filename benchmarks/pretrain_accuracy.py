@@ -17,6 +17,7 @@ import tempfile
 import time
 
 import torch
+from omegaconf import DictConfig
 
 from mmunlearn.config import load_config
 from mmunlearn.pretrain.pipeline import pretrain
@@ -25,7 +26,8 @@ from mmunlearn.pretrain.report import markdown_table, seeds_table
 WALL_TARGET_S = {"tiny": 600, "smol": 1800}  # cold wall-time targets by model kind
 
 
-def _train_cold(overrides: list[str], cache: str) -> tuple[float, dict, object]:
+def _train_cold(overrides: list[str], cache: str) -> tuple[float, dict, DictConfig]:
+    """One cold pretraining into `cache`: its wall time, report and config."""
     cfg = load_config([*overrides, f"paths.cache_dir={cache}"])
     t0 = time.perf_counter()
     result = pretrain(cfg, force=True)

@@ -181,9 +181,8 @@ def pretrain(cfg: DictConfig, force: bool = False, log: Callable[[str], None] = 
     measures = run_measures(model, encoder, bundle.corpus, list(MEASURES), limit=settings.eval_limit,
                             seed=settings.train.seed, max_new_tokens=max_new_tokens)
     report = {"measures": measure_table(measures), "train_seconds": train_seconds,
-              "total_seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(), "n_params": n_params,
-              "cache_key": key,
-              "log": [dataclasses.asdict(e) for e in logs], **extra}
+              "total_seconds": time.perf_counter() - t0, "threads": torch.get_num_threads(),
+              "n_params": n_params, "cache_key": key, "log": [dataclasses.asdict(e) for e in logs], **extra}
     with atomic_dir(final) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)

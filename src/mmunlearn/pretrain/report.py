@@ -28,18 +28,22 @@ def meets(name: str, rate: float) -> bool | None:
     return rate >= target if op == ">=" else rate <= target
 
 
+def _target_text(name: str) -> str:
+    _, op, target = TARGETS[name]
+    return "report" if target is None else f"{op} {target:.0%}"
+
+
 def markdown_table(measures: dict[str, dict]) -> str:
     """The acceptance table; a measure's 95% CI (creatures resampled) follows its rate when the report has one."""
     rows = ["| measure | result | n | target | met |", "|---|---|---|---|---|"]
-    for name, (label, op, target) in TARGETS.items():
+    for name, (label, _, _) in TARGETS.items():
         if name not in measures:
             continue
         m = measures[name]
         ok = meets(name, m["rate"])
-        target_text = "report" if target is None else f"{op} {target:.0%}"
         met = "-" if ok is None else ("yes" if ok else "NO")
         ci = f" [{m['ci'][0]:.1%}, {m['ci'][1]:.1%}]" if m.get("ci") else ""
-        rows.append(f"| {label} | {m['rate']:.1%}{ci} | {m['total']} | {target_text} | {met} |")
+        rows.append(f"| {label} | {m['rate']:.1%}{ci} | {m['total']} | {_target_text(name)} | {met} |")
     return "\n".join(rows)
 
 
@@ -51,14 +55,14 @@ def seeds_table(by_seed: dict[int, dict[str, dict]]) -> str:
     head = " | ".join(f"seed {s}" for s in seeds)
     rows = [f"| measure | {head} | worst | mean | target | met by every seed |",
             "|---|" + "---|" * (len(seeds) + 4)]
-    for name, (label, op, target) in TARGETS.items():
+    for name, (label, op, _) in TARGETS.items():
         if any(name not in by_seed[s] for s in seeds):
             continue
         rates = [float(by_seed[s][name]["rate"]) for s in seeds]
         worst = min(rates) if op != "<=" else max(rates)
         met = [meets(name, r) for r in rates]
-        target_text = "report" if target is None else f"{op} {target:.0%}"
         verdict = "-" if met[0] is None else ("yes" if all(met) else f"NO ({sum(bool(m) for m in met)} of {len(met)})")
         cells = " | ".join(f"{r:.1%}" for r in rates)
-        rows.append(f"| {label} | {cells} | {worst:.1%} | {sum(rates) / len(rates):.1%} | {target_text} | {verdict} |")
+        mean = sum(rates) / len(rates)
+        rows.append(f"| {label} | {cells} | {worst:.1%} | {mean:.1%} | {_target_text(name)} | {verdict} |")
     return "\n".join(rows)
