@@ -1,6 +1,6 @@
 """Pretraining acceptance benchmark: cold wall time and the accuracy table on the default world.
 
-Usage: python benchmarks/pretrain_accuracy.py [--out results.json] [--cache DIR] [--seeds 0 1 2]
+Usage: python benchmarks/pretrain_accuracy.py [--out results.json] [--cache DIR] [--seeds 0,1,2]
        [KEY=VALUE overrides...]
 (`model=smol` for the smol model.)
 Trains from scratch into a fresh temporary cache (cold), so the wall time includes world building,
@@ -26,6 +26,13 @@ from mmunlearn.pretrain.report import markdown_table, seeds_table
 WALL_TARGET_S = {"tiny": 600, "smol": 1800}  # cold wall-time targets by model kind
 
 
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
+
+
 def _train_cold(overrides: list[str], cache: str) -> tuple[float, dict, DictConfig]:
     """One cold pretraining into `cache`: its wall time, report and config."""
     cfg = load_config([*overrides, f"paths.cache_dir={cache}"])
@@ -38,8 +45,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="write the measured figures as JSON here")
     parser.add_argument("--cache", help="train into this new cache directory and keep it (default: a temporary one)")
-    parser.add_argument("--seeds", type=int, nargs="+",
-                        help="train once per training seed (pretrain.seed), each cold, and print the table over seeds")
+    parser.add_argument("--seeds", type=_seed_list,
+                        help="comma-separated training seeds (pretrain.seed), e.g. 0,1,2: one cold training each, "
+                             "then the table over seeds")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     if args.cache and os.path.exists(args.cache) and os.listdir(args.cache):
