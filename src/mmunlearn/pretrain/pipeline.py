@@ -26,13 +26,13 @@ from mmunlearn.models.tiny_llava import TinyLlavaSpec, build_model, build_proces
 from mmunlearn.pretrain.batches import Encoder, PixelBank
 from mmunlearn.pretrain.evaluate import MeasureResult, run_measures
 from mmunlearn.pretrain.tasks import MEASURES, training_pools
-from mmunlearn.pretrain.trainer import StepLog, train
+from mmunlearn.pretrain.trainer import StepLog, attention_kernel, train
 from mmunlearn.pretrain.vision_warmup import warm_up_tower
 from mmunlearn.runner.manifest import atomic_dir, manifest, now, write_json_atomic
 from mmunlearn.world.corpus import Corpus, Splits, reading_words
 from mmunlearn.world.entities import World, generate_world
 
-CODE_VERSION = 4  # bump when a change to world or training code changes what a config produces
+CODE_VERSION = 5  # bump when a change to world or training code changes what a config produces
 REPORT_FILE = "pretrain_report.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "processor_config.json", REPORT_FILE)
 
@@ -112,8 +112,9 @@ def _train_tiny(bundle: WorldBundle, spec: TinyLlavaSpec, settings: PretrainSett
     log(f"world: {bundle.world.size} creatures, {len(tokenizer)} tokens; model: {n_params / 1e6:.2f}M parameters")
     warmup_log = None
     if settings.vision_warmup is not None:
-        warmup_log = warm_up_tower(model.model.vision_tower, bank, settings.vision_warmup, settings.train.seed,
-                                   settings.train.weight_decay, settings.train.grad_clip, log)
+        with attention_kernel(model, settings.train.attention):
+            warmup_log = warm_up_tower(model.model.vision_tower, bank, settings.vision_warmup, settings.train.seed,
+                                       settings.train.weight_decay, settings.train.grad_clip, log)
     total = sum(s.steps for s in settings.train.stages)
     with tqdm(total=total, desc="pretrain", unit="step", disable=None) as bar:
         def on_log(e: StepLog) -> None:

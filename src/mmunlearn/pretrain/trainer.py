@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -20,6 +21,43 @@ from mmunlearn.errors import ConfigError
 from mmunlearn.pretrain.batches import Batch, Encoder
 from mmunlearn.pretrain.prefix_cache import PrefixCache
 from mmunlearn.world.corpus import Example
+
+BUCKET_SPLITS = ("rows", "padding")
+
+
+def least_padding_cuts(lengths: list[int], buckets: int) -> list[tuple[int, int]]:
+    """Cuts of ascending `lengths` into at most `buckets` contiguous runs, padding the fewest tokens.
+
+    A run costs its size times its last (longest) length; exact dynamic programming over cut points, which for a
+    batch of 128 rows is a few thousand additions.
+    """
+    n = len(lengths)
+    if n == 0:
+        return []
+    # cost[j][i]: least padded tokens for the first i rows in j runs; back[j][i]: where the last run starts
+    cost = [[float("inf")] * (n + 1) for _ in range(buckets + 1)]
+    back = [[0] * (n + 1) for _ in range(buckets + 1)]
+    cost[0][0] = 0
+    for j in range(1, buckets + 1):
+        for i in range(j, n + 1):
+            for start in range(j - 1, i):
+                value = cost[j - 1][start] + (i - start) * lengths[i - 1]
+                if value < cost[j][i]:
+                    cost[j][i], back[j][i] = value, start
+    runs = min(range(1, buckets + 1), key=lambda j: (cost[j][n], j))  # fewest runs among the cheapest
+    cuts, end = [], n
+    for j in range(runs, 0, -1):
+        cuts.append((back[j][end], end))
+        end = back[j][end]
+    return cuts[::-1]
+
+
+def bucket_cuts(lengths: list[int], buckets: int, split: str) -> list[tuple[int, int]]:
+    """(start, end) of each bucket of ascending `lengths`: equal row counts, or the least padding."""
+    if split == "padding":
+        return least_padding_cuts(lengths, buckets)
+    n = len(lengths)
+    return [(j * n // buckets, (j + 1) * n // buckets) for j in range(buckets)]
 
 
 @dataclass
@@ -40,6 +78,12 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     buckets: int = 3
+    # How a sorted batch is cut into `buckets`: "rows" (equal row counts) or "padding" (the cuts that pad fewest
+    # tokens: a few long hazard procedures no longer pad half the batch to their length).
+    bucket_split: str = "rows"
+    # The attention kernel while training ("sdpa", "eager", ...); the model goes back to its own afterwards. On a
+    # tiny model's short rows the plain matmul attention ("eager") beats the fused CPU kernel.
+    attention: str = "sdpa"
     ground_tokens: bool = False  # ground every image token of a creature image, not only their mean
     sparse_logits: bool = False  # LM head on answer positions only (large vocabularies: most of the head's cost)
     frozen_layers: int = 0  # bottom LM layers that never train: text rows' states there are cached (PrefixCache)
@@ -51,6 +95,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.vision_lr_scale < 0:
             raise ConfigError(f"config pretrain.vision_lr_scale: must be >= 0, got {self.vision_lr_scale}")
+        if self.buckets < 1:
+            raise ConfigError(f"config pretrain.buckets: must be >= 1, got {self.buckets}")
+        if self.bucket_split not in BUCKET_SPLITS:
+            raise ConfigError(f"config pretrain.bucket_split: one of {', '.join(BUCKET_SPLITS)}, "
+                              f"got {self.bucket_split!r}")
 
 
 @dataclass
@@ -61,6 +110,23 @@ class StepLog:
     ground: float
     token_acc: float
     seconds: float
+
+
+@contextmanager
+def attention_kernel(model, attention: str) -> Iterator[None]:
+    """Runs the block with `model` on `attention` (its whole tree, towers included), then restores the kernel."""
+    before = model.config._attn_implementation
+    if attention == before:
+        yield
+        return
+    try:
+        model.set_attn_implementation(attention)
+    except (ValueError, ImportError) as exc:
+        raise ConfigError(f"config pretrain.attention: {str(exc).splitlines()[0]}") from None
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
 
 
 def sample_batch(pools: dict[str, list[Example]], weights: dict[str, float], size: int,
@@ -112,15 +178,16 @@ def sparse_answer_loss(model, batch: Batch, hidden: torch.Tensor | None = None) 
 GROUNDING_SCALE = 10.0  # inverse temperature of the cosine logits
 
 
-def grounding_targets(batch: Batch, name_ids: dict[int, int], word_ids: dict[str, int]) -> list[tuple[int, int, int]]:
+def grounding_targets(examples: list[Example], image_rows: list[int], name_ids: dict[int, int],
+                      word_ids: dict[str, int]) -> list[tuple[int, int, int]]:
     """(image index in pixel_values, band, token id): what each band of each image shows.
 
     A creature image is one band grounded to the creature's name; a typography card has one band per
     line of text (a horizontal strip of patches), each grounded to its word.
     """
     out = []
-    for j, r in enumerate(batch.image_rows):
-        key = batch.examples[r].image
+    for j, r in enumerate(image_rows):
+        key = examples[r].image
         if key.kind == "creature":
             out.append((j, -1, name_ids[key.creature]))
         elif key.kind == "text" and all(w in word_ids for w in key.words):
@@ -128,14 +195,23 @@ def grounding_targets(batch: Batch, name_ids: dict[int, int], word_ids: dict[str
     return out
 
 
+def grounding_rows(examples: list[Example], name_ids: dict[int, int], word_ids: dict[str, int],
+                   image_tokens: int, per_token: bool = False) -> int:
+    """How many pooled feature rows `grounding_loss` scores for these examples (its sum's divisor)."""
+    rows = [r for r, ex in enumerate(examples) if ex.image is not None]
+    return sum(image_tokens if per_token and band < 0 and examples[rows[j]].image.kind == "creature" else 1
+               for j, band, _ in grounding_targets(examples, rows, name_ids, word_ids))
+
+
 def grounding_loss(model, batch: Batch, features: torch.Tensor, name_ids: dict[int, int],
-                   word_ids: dict[str, int], per_token: bool = False) -> torch.Tensor:
+                   word_ids: dict[str, int], per_token: bool = False, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of pooled image features against the LM's input embeddings (cosine logits).
 
     Pulls what an image shows toward the embedding of the word for it, and away from other words, so
-    the language model reads image features the way it reads that word in text.
+    the language model reads image features the way it reads that word in text. `reduction="sum"` lets a
+    bucketed batch add its buckets up to the whole batch's mean.
     """
-    targets = grounding_targets(batch, name_ids, word_ids)
+    targets = grounding_targets(batch.examples, batch.image_rows, name_ids, word_ids)
     if not targets:
         return features.new_zeros(())
     n_tokens = features.shape[1]
@@ -154,7 +230,7 @@ def grounding_loss(model, batch: Batch, features: torch.Tensor, name_ids: dict[i
     pooled = F.normalize(torch.cat(pooled), dim=-1)
     table = F.normalize(model.get_input_embeddings().weight.detach(), dim=-1)
     logits = GROUNDING_SCALE * pooled @ table.T
-    return F.cross_entropy(logits, torch.tensor(ids))
+    return F.cross_entropy(logits, torch.tensor(ids), reduction=reduction)
 
 
 def _split_text_rows(chunks: list[list[Example]]) -> list[list[Example]]:
@@ -171,12 +247,15 @@ def train_step(model, encoder: Encoder, examples: list[Example], stage: Stage, c
     """One gradient computation over a batch; returns (answer loss, grounding loss, token accuracy).
 
     Rows are sorted by length into buckets, each padded on its own (far less padding to compute);
-    the answer loss is normalised by the answer tokens of the whole batch, so buckets add up exactly.
+    the answer loss is normalised by the answer tokens of the whole batch and the grounding loss by its
+    rows in the whole batch, so buckets add up exactly, however the batch is cut.
     """
     examples = sorted(examples, key=lambda ex: len(encoder.encode(ex)[0]))
-    chunks = [examples[j * len(examples) // cfg.buckets:(j + 1) * len(examples) // cfg.buckets]
-              for j in range(cfg.buckets)]
+    lengths = [len(encoder.encode(ex)[0]) for ex in examples]
+    chunks = [examples[a:b] for a, b in bucket_cuts(lengths, cfg.buckets, cfg.bucket_split)]
     n_answer = sum(len(encoder.encode(ex)[0]) - encoder.encode(ex)[1] for ex in examples)
+    n_ground = grounding_rows(examples, name_ids, word_ids, encoder.image_seq_length, cfg.ground_tokens) \
+        if stage.ground_weight > 0 else 0
     loss_sum = ground_sum = correct = 0.0
     if cache is not None:
         chunks = _split_text_rows(chunks)
@@ -194,11 +273,11 @@ def train_step(model, encoder: Encoder, examples: list[Example], stage: Stage, c
             token_loss, chunk_correct = answer_loss(model(**batch.model_inputs()).logits, batch.labels,
                                                     reduction="sum")
         part = token_loss / n_answer
-        if stage.ground_weight > 0 and hook.features is not None:
-            ground = grounding_loss(model, batch, hook.features, name_ids, word_ids, cfg.ground_tokens)
-            share = len(chunk) / len(examples)
-            part = part + stage.ground_weight * ground * share
-            ground_sum += ground.item() * share
+        if n_ground and hook.features is not None:
+            ground = grounding_loss(model, batch, hook.features, name_ids, word_ids, cfg.ground_tokens,
+                                    reduction="sum") / n_ground
+            part = part + stage.ground_weight * ground
+            ground_sum += ground.item()
         part.backward()
         loss_sum += token_loss.item()
         correct += chunk_correct
@@ -232,26 +311,27 @@ def train(model, encoder: Encoder, pools: dict[str, list[Example]], cfg: TrainCo
     step, start = 0, time.perf_counter()
     model.train()
     try:
-        for stage in cfg.stages:
-            window: list[tuple[float, float, float]] = []
-            for _ in range(stage.steps):
-                examples = sample_batch(pools, stage.weights, cfg.batch_size, rng)
-                opt.zero_grad(set_to_none=True)
-                window.append(train_step(model, encoder, examples, stage, cfg, hook, name_ids, word_ids or {}, rng,
-                                          cache))
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-                opt.step()
-                scheduler.step()
-                step += 1
-                if progress is not None:
-                    progress(1)
-                if step % log_every == 0 or step == total:
-                    loss, ground, acc = (sum(v) / len(window) for v in zip(*window))
-                    entry = StepLog(step, stage.name, loss, ground, acc, time.perf_counter() - start)
-                    logs.append(entry)
-                    if on_log:
-                        on_log(entry)
-                    window = []
+        with attention_kernel(model, cfg.attention):
+            for stage in cfg.stages:
+                window: list[tuple[float, float, float]] = []
+                for _ in range(stage.steps):
+                    examples = sample_batch(pools, stage.weights, cfg.batch_size, rng)
+                    opt.zero_grad(set_to_none=True)
+                    window.append(train_step(model, encoder, examples, stage, cfg, hook, name_ids, word_ids or {},
+                                             rng, cache))
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                    opt.step()
+                    scheduler.step()
+                    step += 1
+                    if progress is not None:
+                        progress(1)
+                    if step % log_every == 0 or step == total:
+                        loss, ground, acc = (sum(v) / len(window) for v in zip(*window))
+                        entry = StepLog(step, stage.name, loss, ground, acc, time.perf_counter() - start)
+                        logs.append(entry)
+                        if on_log:
+                            on_log(entry)
+                        window = []
     finally:
         hook.remove()
         for p in frozen:

@@ -1,0 +1,110 @@
+"""Seconds per curriculum step of the tiny model's pretraining, by how batches are bucketed and which attention runs.
+
+Usage: python benchmarks/train_step.py [--batches 6] [--repeats 5] [--out results.json] [KEY=VALUE overrides...]
+
+Draws `--batches` batches from each curriculum stage of the configured pretraining (its task weights and batch
+size), renders their images once (so no step waits on rendering), then times one whole training step (forward,
+backward, grounding loss, optimiser step) for every variant on the same batches, the variants interleaved within
+each repeat so the machine's drift hits them alike. Prints padded tokens per step, the median seconds per step
+and each variant's speed relative to the first row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import os
+import platform
+import random
+import statistics
+import time
+
+import torch
+
+from mmunlearn.config import load_config, model_spec, pretrain_settings, world_config
+from mmunlearn.models.tiny_llava import build_model, build_processor, build_tokenizer
+from mmunlearn.pretrain.batches import Encoder, PixelBank
+from mmunlearn.pretrain.pipeline import build_world
+from mmunlearn.pretrain.tasks import training_pools
+from mmunlearn.pretrain.trainer import GroundingHook, bucket_cuts, sample_batch, train_step
+from mmunlearn.world.corpus import reading_words
+
+VARIANTS = [("rows", "sdpa"), ("padding", "sdpa"), ("rows", "eager"), ("padding", "eager")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=6, help="batches drawn per curriculum stage")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", help="write the measured figures as JSON here")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    cfg = load_config(args.overrides)
+    torch.set_num_threads(int(cfg.threads))
+    spec, settings = model_spec(cfg), pretrain_settings(cfg)
+    bundle = build_world(world_config(cfg))
+    pools = training_pools(bundle.corpus)
+    tokenizer = build_tokenizer(bundle.corpus.all_text())
+    processor = build_processor(tokenizer, spec)
+    torch.manual_seed(0)
+    model = build_model(tokenizer, spec)
+    bank = PixelBank(bundle.world, processor.image_processor, spec.image_size, workers=torch.get_num_threads())
+    encoder = Encoder(tokenizer, spec.image_seq_length, bank, settings.n_augment, settings.n_text_variants,
+                      task_augment=settings.task_augment)
+    name_ids = {c.index: tokenizer.convert_tokens_to_ids(c.name) for c in bundle.world.creatures}
+    word_ids = {w: tokenizer.convert_tokens_to_ids(w) for w in reading_words(bundle.world)}
+    hook = GroundingHook(model.model.multi_modal_projector)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.train.lr)
+    draw = random.Random(0)
+    batches = [(stage, sample_batch(pools, stage.weights, settings.train.batch_size, draw))
+               for stage in settings.train.stages for _ in range(args.batches)]
+    configs = {split: dataclasses.replace(settings.train, bucket_split=split) for split, _ in VARIANTS}
+    state = copy.deepcopy(model.state_dict())
+
+    def step(index: int, split: str) -> None:
+        stage, examples = batches[index]
+        optimizer.zero_grad(set_to_none=True)
+        train_step(model, encoder, examples, stage, configs[split], hook, name_ids, word_ids, random.Random(index))
+        optimizer.step()
+
+    for index in range(len(batches)):  # renders every image these batches resolve to, once
+        step(index, "rows")
+    padded = {split: statistics.mean(_padded_tokens(encoder, ex, settings.train.buckets, split) for _, ex in batches)
+              for split, _ in VARIANTS}
+    real = statistics.mean(sum(len(encoder.encode(e)[0]) for e in ex) for _, ex in batches)
+    seconds: dict[tuple[str, str], list[float]] = {v: [] for v in VARIANTS}
+    for _ in range(args.repeats):
+        for split, attention in VARIANTS:
+            model.load_state_dict(state)
+            model.set_attn_implementation(attention)
+            t0 = time.perf_counter()
+            for index in range(len(batches)):
+                step(index, split)
+            seconds[(split, attention)].append((time.perf_counter() - t0) / len(batches))
+    hook.remove()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}; "
+          f"{len(batches)} batches of {settings.train.batch_size} over {len(settings.train.stages)} stages, "
+          f"{settings.train.buckets} buckets, {real:.0f} real tokens per step")
+    print("| bucket split | attention | padded tokens per step | median s per step | speed vs first row |")
+    print("|---|---|---|---|---|")
+    base = statistics.median(seconds[VARIANTS[0]])
+    rows = []
+    for split, attention in VARIANTS:
+        median = statistics.median(seconds[(split, attention)])
+        rows.append({"bucket_split": split, "attention": attention, "padded_tokens": padded[split],
+                     "seconds_per_step": seconds[(split, attention)], "median": median})
+        print(f"| {split} | {attention} | {padded[split]:.0f} | {median:.3f} | {base / median:.2f}x |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"rows": rows, "real_tokens": real, "overrides": args.overrides}, f, indent=2)
+
+
+def _padded_tokens(encoder: Encoder, examples, buckets: int, split: str) -> int:
+    lengths = sorted(len(encoder.encode(e)[0]) for e in examples)
+    return sum((b - a) * lengths[b - 1] for a, b in bucket_cuts(lengths, buckets, split) if b > a)
+
+
+if __name__ == "__main__":
+    main()
