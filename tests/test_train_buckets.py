@@ -13,8 +13,17 @@ from mmunlearn.errors import ConfigError
 from mmunlearn.pretrain.batches import Encoder, PixelBank
 from mmunlearn.pretrain.pipeline import cache_key
 from mmunlearn.pretrain.tasks import training_pools
-from mmunlearn.pretrain.trainer import (GroundingHook, Stage, TrainConfig, attention_kernel, bucket_cuts,
-                                        least_padding_cuts, sample_batch, train, train_step)
+from mmunlearn.pretrain.trainer import (
+    GroundingHook,
+    Stage,
+    TrainConfig,
+    attention_kernel,
+    bucket_cuts,
+    least_padding_cuts,
+    sample_batch,
+    train,
+    train_step,
+)
 
 
 def _padded(lengths: list[int], cuts: list[tuple[int, int]]) -> int:
