@@ -214,3 +214,38 @@ def test_every_training_pool_is_a_named_training_task(micro_world):
     from mmunlearn.pretrain.tasks import TRAINING_TASKS
 
     assert tuple(training_pools(micro_world[1])) == TRAINING_TASKS
+
+
+def test_a_second_process_asking_for_the_same_model_waits_for_the_first_and_reuses_its_model(micro_cfg):
+    """Two runs on one empty cache (e.g. two `mmunlearn` commands started together) train the model once."""
+    import threading
+
+    second: dict = {}
+    lines: list[str] = []
+
+    def start_second_while_training(line: str) -> None:
+        if line.startswith("world:") and "thread" not in second:  # the first holds the lock and is training
+            second["thread"] = threading.Thread(
+                target=lambda: second.update(result=pretrain(micro_cfg, log=lines.append)))
+            second["thread"].start()
+            second["thread"].join(timeout=1.0)
+            assert second["thread"].is_alive()  # waiting, not training a copy
+
+    first = pretrain(micro_cfg, log=start_second_while_training)
+    second["thread"].join(timeout=60)
+    assert not first.reused and second["result"].reused and second["result"].path == first.path
+    assert any("another process is training" in line for line in lines)
+    assert not any(line.startswith("world:") for line in lines)
+
+
+def test_a_cache_that_cannot_be_locked_is_still_read(micro_cfg, monkeypatch):
+    first = pretrain(micro_cfg, log=lambda s: None)
+
+    def read_only(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("mmunlearn.pretrain.pipeline.FileLock.acquire", read_only)
+    lines: list[str] = []
+    again = pretrain(micro_cfg, log=lines.append)
+    assert again.reused and again.path == first.path
+    assert any("going on without a lock" in line for line in lines)

@@ -10,11 +10,13 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -149,11 +151,37 @@ def pretrain(cfg: DictConfig, force: bool = False, log: Callable[[str], None] = 
     key = cache_key(wcfg, spec, settings)
     kind = "smol" if isinstance(spec, SmolLlavaSpec) else "tiny"
     final = cache_dir(cfg) / "models" / f"{kind}-{key}"
-    if final.exists() and not force:
-        check_model_dir(final)
-        log(f"reusing cached model {final}")
-        return PretrainResult(final, True, json.loads((final / REPORT_FILE).read_text()))
+    with _training_lock(final, log):
+        if final.exists() and not force:
+            check_model_dir(final)
+            log(f"reusing cached model {final}")
+            return PretrainResult(final, True, json.loads((final / REPORT_FILE).read_text()))
+        return _pretrain_into(final, cfg, wcfg, spec, settings, key, log)
 
+
+@contextmanager
+def _training_lock(final: Path, log: Callable[[str], None]) -> Iterator[None]:
+    """Holds `final`'s lock file: a second process asking for the same model waits for the first to save it,
+    then reuses it, instead of training its own copy."""
+    lock = FileLock(final.parent / f".{final.name}.lock")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire(timeout=0)
+    except Timeout:
+        log(f"another process is training {final}; waiting for it")
+        lock.acquire()
+    except OSError as exc:  # a read-only cache: reading a saved model needs no lock, and saving fails loudly
+        log(f"cannot lock {final.parent} ({exc.strerror or exc}); going on without a lock")
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _pretrain_into(final: Path, cfg: DictConfig, wcfg: WorldConfig, spec, settings: PretrainSettings, key: str,
+                   log: Callable[[str], None]) -> PretrainResult:
     started, t0 = now(), time.perf_counter()
     bundle = build_world(wcfg)
     pools = training_pools(bundle.corpus)
