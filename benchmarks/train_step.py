@@ -24,12 +24,10 @@ import time
 import torch
 
 from mmunlearn.config import load_config, model_spec, pretrain_settings, world_config
-from mmunlearn.models.tiny_llava import build_model, build_processor, build_tokenizer
-from mmunlearn.pretrain.batches import Encoder, PixelBank
-from mmunlearn.pretrain.pipeline import build_world
+from mmunlearn.pretrain.batches import Encoder
+from mmunlearn.pretrain.pipeline import build_world, tiny_setup
 from mmunlearn.pretrain.tasks import training_pools
 from mmunlearn.pretrain.trainer import GroundingHook, bucket_cuts, sample_batch, train_step
-from mmunlearn.world.corpus import reading_words
 
 VARIANTS = [("rows", "sdpa"), ("padding", "sdpa"), ("rows", "eager"), ("padding", "eager")]
 
@@ -46,15 +44,8 @@ def main() -> None:
     spec, settings = model_spec(cfg), pretrain_settings(cfg)
     bundle = build_world(world_config(cfg))
     pools = training_pools(bundle.corpus)
-    tokenizer = build_tokenizer(bundle.corpus.all_text())
-    processor = build_processor(tokenizer, spec)
-    torch.manual_seed(0)
-    model = build_model(tokenizer, spec)
-    bank = PixelBank(bundle.world, processor.image_processor, spec.image_size, workers=torch.get_num_threads())
-    encoder = Encoder(tokenizer, spec.image_seq_length, bank, settings.n_augment, settings.n_text_variants,
-                      task_augment=settings.task_augment)
-    name_ids = {c.index: tokenizer.convert_tokens_to_ids(c.name) for c in bundle.world.creatures}
-    word_ids = {w: tokenizer.convert_tokens_to_ids(w) for w in reading_words(bundle.world)}
+    setup = tiny_setup(bundle, spec, settings)
+    model, encoder, name_ids, word_ids = setup.model, setup.encoder, setup.name_ids, setup.word_ids
     hook = GroundingHook(model.model.multi_modal_projector)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.train.lr)
     draw = random.Random(0)

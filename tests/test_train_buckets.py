@@ -60,17 +60,21 @@ def test_a_few_long_rows_get_their_own_bucket():
     assert _padded(lengths, bucket_cuts(lengths, 2, "padding")) == 120 * 20 + 8 * 76
 
 
+def _encoder_and_names(world, processor, tokenizer) -> tuple[Encoder, dict[int, int]]:
+    size = processor.image_processor.crop_size["height"]
+    encoder = Encoder(tokenizer, (size // 8) ** 2, PixelBank(world, processor.image_processor, size),
+                      n_augment=3, n_text_variants=2)
+    return encoder, {c.index: tokenizer.convert_tokens_to_ids(c.name) for c in world.creatures}
+
+
 def _grads(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 def test_one_step_computes_the_same_loss_and_gradient_however_it_is_bucketed_and_whichever_kernel_runs(
         micro_world, micro_processor, micro_tokenizer, micro_model):
-    world, corpus = micro_world
-    size = micro_processor.image_processor.crop_size["height"]
-    encoder = Encoder(micro_tokenizer, (size // 8) ** 2, PixelBank(world, micro_processor.image_processor, size),
-                      n_augment=3, n_text_variants=2)
-    name_ids = {c.index: micro_tokenizer.convert_tokens_to_ids(c.name) for c in world.creatures}
+    corpus = micro_world[1]
+    encoder, name_ids = _encoder_and_names(micro_world[0], micro_processor, micro_tokenizer)
     stage = Stage("all", 1, {"naming": 2, "text_fact": 2, "image_fact": 1, "hazard_text": 1}, ground_weight=1.0)
     examples = sample_batch(training_pools(corpus), stage.weights, 24, random.Random(3))
     lengths = sorted(len(encoder.encode(ex)[0]) for ex in examples)
@@ -95,11 +99,8 @@ def test_one_step_computes_the_same_loss_and_gradient_however_it_is_bucketed_and
 
 def test_training_restores_the_models_kernel_and_a_bad_kernel_is_a_config_error(
         micro_world, micro_processor, micro_tokenizer, micro_model):
-    world, corpus = micro_world
-    size = micro_processor.image_processor.crop_size["height"]
-    encoder = Encoder(micro_tokenizer, (size // 8) ** 2, PixelBank(world, micro_processor.image_processor, size),
-                      n_augment=3, n_text_variants=2)
-    name_ids = {c.index: micro_tokenizer.convert_tokens_to_ids(c.name) for c in world.creatures}
+    corpus = micro_world[1]
+    encoder, name_ids = _encoder_and_names(micro_world[0], micro_processor, micro_tokenizer)
     seen = []
     config = TrainConfig(batch_size=8, warmup_steps=1, attention="eager", bucket_split="padding",
                          stages=[Stage("all", 2, {"naming": 1, "text_fact": 1})])

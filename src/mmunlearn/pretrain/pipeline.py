@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from filelock import FileLock, Timeout
@@ -99,8 +100,22 @@ def load_pretrained(path: Path):
     return model, processor
 
 
-def _train_tiny(bundle: WorldBundle, spec: TinyLlavaSpec, settings: PretrainSettings, pools, log):
-    """The tiny model from scratch: tokenizer trained on the world, the vision warm-up, the grounded curriculum."""
+@dataclass
+class TinySetup:
+    """Everything the tiny model's training starts from, untrained: what `pretrain` and the step benchmark share."""
+
+    tokenizer: Any
+    processor: Any
+    model: Any
+    bank: PixelBank
+    encoder: Encoder
+    name_ids: dict[int, int]
+    word_ids: dict[str, int]
+
+
+def tiny_setup(bundle: WorldBundle, spec: TinyLlavaSpec, settings: PretrainSettings) -> TinySetup:
+    """A tokenizer trained on the world, its processor, the model initialised from the training seed, the pixel
+    bank and encoder, and the token ids that grounding pulls image features toward."""
     tokenizer = build_tokenizer(bundle.corpus.all_text())
     processor = build_processor(tokenizer, spec)
     torch.manual_seed(settings.train.seed)
@@ -110,21 +125,28 @@ def _train_tiny(bundle: WorldBundle, spec: TinyLlavaSpec, settings: PretrainSett
                       task_augment=settings.task_augment)
     name_ids = {c.index: tokenizer.convert_tokens_to_ids(c.name) for c in bundle.world.creatures}
     word_ids = {w: tokenizer.convert_tokens_to_ids(w) for w in reading_words(bundle.world)}
+    return TinySetup(tokenizer, processor, model, bank, encoder, name_ids, word_ids)
+
+
+def _train_tiny(bundle: WorldBundle, spec: TinyLlavaSpec, settings: PretrainSettings, pools, log):
+    """The tiny model from scratch: tokenizer trained on the world, the vision warm-up, the grounded curriculum."""
+    setup = tiny_setup(bundle, spec, settings)
+    model = setup.model
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"world: {bundle.world.size} creatures, {len(tokenizer)} tokens; model: {n_params / 1e6:.2f}M parameters")
+    log(f"world: {bundle.world.size} creatures, {len(setup.tokenizer)} tokens; model: {n_params / 1e6:.2f}M parameters")
     warmup_log = None
     if settings.vision_warmup is not None:
         with attention_kernel(model, settings.train.attention):
-            warmup_log = warm_up_tower(model.model.vision_tower, bank, settings.vision_warmup, settings.train.seed,
-                                       settings.train.weight_decay, settings.train.grad_clip, log)
+            warmup_log = warm_up_tower(model.model.vision_tower, setup.bank, settings.vision_warmup,
+                                       settings.train.seed, settings.train.weight_decay, settings.train.grad_clip, log)
     total = sum(s.steps for s in settings.train.stages)
     with tqdm(total=total, desc="pretrain", unit="step", disable=None) as bar:
         def on_log(e: StepLog) -> None:
             bar.write(f"step {e.step:5d} [{e.stage}] loss {e.loss:.3f} ground {e.ground:.3f} "
                       f"token_acc {e.token_acc:.3f} ({e.seconds:.0f}s)")
-        logs = train(model, encoder, pools, settings.train, name_ids, word_ids, on_log=on_log,
+        logs = train(model, setup.encoder, pools, settings.train, setup.name_ids, setup.word_ids, on_log=on_log,
                      log_every=settings.log_every, progress=bar.update)
-    return model, processor, encoder, n_params, logs, warmup_log
+    return model, setup.processor, setup.encoder, n_params, logs, warmup_log
 
 
 @dataclass
