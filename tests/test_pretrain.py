@@ -38,24 +38,26 @@ def test_collate_masks_all_but_the_answer(micro_world, micro_processor, micro_to
     assert n_image == micro_spec.image_seq_length
 
 
-def micro_config(steps: int) -> TrainConfig:
+def micro_config(steps: int, **fields) -> TrainConfig:
     weights = {"naming": 2, "text_fact": 2, "image_fact": 1, "hazard_text": 1, "refusal": 0}
     return TrainConfig(seed=1, batch_size=32, lr=1e-2, warmup_steps=5, buckets=2,
-                       stages=[Stage("all", steps, weights, ground_weight=1.0)])
+                       stages=[Stage("all", steps, weights, ground_weight=1.0)], **fields)
 
 
+@pytest.mark.parametrize("fields", [{}, {"bucket_split": "padding", "attention": "eager"}],
+                         ids=["rows-sdpa", "padding-eager (the default's)"])
 def test_short_training_lowers_loss_and_is_deterministic(micro_world, micro_processor, micro_tokenizer, micro_model,
-                                                         micro_spec):
+                                                         micro_spec, fields):
     world, corpus = micro_world
     name_ids = {c.index: micro_tokenizer.convert_tokens_to_ids(c.name) for c in world.creatures}
     enc = make_encoder(world, micro_processor, micro_tokenizer)
-    logs = train(micro_model, enc, training_pools(corpus), micro_config(60), name_ids, log_every=10)
+    logs = train(micro_model, enc, training_pools(corpus), micro_config(60, **fields), name_ids, log_every=10)
     assert logs[-1].loss < 0.6 * logs[0].loss
     assert logs[-1].ground < logs[0].ground  # image features move toward the name embedding
 
     torch.manual_seed(0)
     again = build_model(micro_tokenizer, micro_spec)
-    train(again, enc, training_pools(corpus), micro_config(60), name_ids, log_every=10)
+    train(again, enc, training_pools(corpus), micro_config(60, **fields), name_ids, log_every=10)
     for (name, a), (_, b) in zip(micro_model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(a, b), name
 
