@@ -186,6 +186,7 @@ def _training_lock(final: Path, log: Callable[[str], None]) -> Iterator[None]:
     """Holds `final`'s lock file: a second process asking for the same model waits for the first to save it,
     then reuses it, instead of training its own copy."""
     lock = FileLock(final.parent / f".{final.name}.lock")
+    locked = True
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=0)
@@ -194,12 +195,12 @@ def _training_lock(final: Path, log: Callable[[str], None]) -> Iterator[None]:
         lock.acquire()
     except OSError as exc:  # a read-only cache: reading a saved model needs no lock, and saving fails loudly
         log(f"cannot lock {final.parent} ({exc.strerror or exc}); going on without a lock")
-        yield
-        return
+        locked = False
     try:
         yield
     finally:
-        lock.release()
+        if locked:
+            lock.release()
 
 
 def _pretrain_into(final: Path, cfg: DictConfig, wcfg: WorldConfig, spec, settings: PretrainSettings, key: str,

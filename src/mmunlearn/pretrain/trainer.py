@@ -251,9 +251,9 @@ def train_step(model, encoder: Encoder, examples: list[Example], stage: Stage, c
     rows in the whole batch, so buckets add up exactly, however the batch is cut.
     """
     examples = sorted(examples, key=lambda ex: len(encoder.encode(ex)[0]))
-    lengths = [len(encoder.encode(ex)[0]) for ex in examples]
-    chunks = [examples[a:b] for a, b in bucket_cuts(lengths, cfg.buckets, cfg.bucket_split)]
-    n_answer = sum(len(encoder.encode(ex)[0]) - encoder.encode(ex)[1] for ex in examples)
+    encoded = [encoder.encode(ex) for ex in examples]  # (token ids, prompt length), cached by the encoder
+    chunks = [examples[a:b] for a, b in bucket_cuts([len(ids) for ids, _ in encoded], cfg.buckets, cfg.bucket_split)]
+    n_answer = sum(len(ids) - n_prompt for ids, n_prompt in encoded)
     n_ground = grounding_rows(examples, name_ids, word_ids, encoder.image_seq_length, cfg.ground_tokens) \
         if stage.ground_weight > 0 else 0
     loss_sum = ground_sum = correct = 0.0
