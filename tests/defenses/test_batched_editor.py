@@ -94,3 +94,27 @@ def test_routed_calls_take_each_item_through_its_own_facts_delta(micro_adapter, 
         with pytest.raises(ConfigError, match="owners"):
             with batched.routed([0, 3]):
                 pass
+
+
+def test_rows_dropped_when_they_stop_keep_their_own_facts_delta(micro_adapter, micro_benchmark):
+    """Decoding drops finished rows; the routing follows the rows that are left."""
+    from decoding_support import STEPS, batch_sizes, stop_between, stopping_at
+
+    examples = _examples(micro_benchmark, 3)
+    items = [VLMInput(r.image, r.question) for ex in examples for r in ex.forget] * 2
+    owners = [0, 1, 2, -1, 2, 0]
+    with BatchedEditor(micro_adapter, CONFIG, slots=3) as batched:
+        batched.edit_many(get_defense("fact_erasure"), examples)
+        with batched.routed(owners):
+            free = micro_adapter.generate(items, max_new_tokens=STEPS)
+        tokens = [micro_adapter.tokenizer(t, add_special_tokens=False)["input_ids"] for t in free]
+        stops = stop_between(micro_adapter, tokens)
+        with stopping_at(micro_adapter, stops):
+            with batched.routed(owners), batch_sizes(micro_adapter) as sizes:
+                texts = micro_adapter.generate(items, max_new_tokens=STEPS)
+            alone = []
+            for k, owner in enumerate(owners):
+                with contextlib.nullcontext() if owner < 0 else batched.slot(owner):
+                    alone += micro_adapter.generate(items[k:k + 1], max_new_tokens=STEPS)
+    assert texts == alone
+    assert min(sizes) < len(items), sizes

@@ -62,10 +62,13 @@ class RowSeededSampler(LogitsProcessor):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if input_ids.shape[0] != self.seeds.shape[0]:
             raise ValueError(f"{input_ids.shape[0]} rows for {self.seeds.shape[0]} seeds")
+        return self.perturb(scores, self.seeds.to(scores.device), input_ids.shape[1] - self.prompt_length)
+
+    def perturb(self, scores: torch.Tensor, seeds: torch.Tensor, step: int) -> torch.Tensor:
+        """The scores of rows drawn from streams `seeds` at new-token `step`: their argmax is the sample."""
         logits = scores.float() / self.temperature
         if self.top_p is not None:
-            logits = self.top_p(input_ids, logits)
-        step = input_ids.shape[1] - self.prompt_length
-        u = uniform_noise(self.seeds.to(scores.device), step, scores.shape[-1])
+            logits = self.top_p(None, logits)
+        u = uniform_noise(seeds, step, scores.shape[-1])
         gumbel = -torch.log(-torch.log(u))
         return (logits.double() + gumbel).to(scores.dtype)

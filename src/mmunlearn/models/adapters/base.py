@@ -28,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from PIL import Image
@@ -37,6 +37,9 @@ from torch import nn
 from mmunlearn.errors import ConfigError, MMUnlearnError
 from mmunlearn.models.cache_name import CACHE
 from mmunlearn.registry import did_you_mean
+
+if TYPE_CHECKING:
+    from mmunlearn.models.row_sampling import RowSeededSampler
 
 IGNORE_INDEX = -100
 
@@ -218,6 +221,10 @@ class VLMAdapter(abc.ABC):
     # Families whose generate can continue from a KV cache of the prompt built by a plain forward pass set
     # this True: `sample` then runs each prompt once for all its samples.
     shares_prompt_prefill: ClassVar[bool] = False
+    # Families whose decoding is a plain KV-cache loop with positions from the attention mask (the rows of a
+    # cache can be dropped independently) set this True: `generate` and `sample` then stop computing a row
+    # once it has stopped instead of carrying it to the batch's longest answer.
+    drops_finished_rows: ClassVar[bool] = False
     # Families whose rows need no image-token expansion in the text (cross-attention models) set this False.
     expands_image_tokens: ClassVar[bool] = True
     # Families whose decoder layers see the image only through the residual stream set this True: a forward
@@ -785,7 +792,7 @@ class VLMAdapter(abc.ABC):
         results: list[str | None] = [None] * len(items)
         for group in self._groups(len(items), [it.image is not None for it in items]):
             batch = self.format([items[i] for i in group], for_generation=True)
-            for i, text in zip(group, self._decode_batch(batch.model_inputs(), max_new_tokens)):
+            for i, text in zip(group, self._decode_batch(batch.model_inputs(), max_new_tokens, rows=group)):
                 results[i] = text
         return results  # type: ignore[return-value]
 
@@ -799,12 +806,10 @@ class VLMAdapter(abc.ABC):
         padding. Families with `shares_prompt_prefill` run each prompt once and copy its KV cache to its
         samples (the prompt is most of the compute when answers are short).
         """
-        from transformers import LogitsProcessorList
-
-        from mmunlearn.models.row_sampling import RowSeededSampler
-
         if len(seeds) != len(items):
             raise ConfigError(f"sample: {len(seeds)} seed lists for {len(items)} items")
+        from mmunlearn.models.row_sampling import RowSeededSampler
+
         results: list[list[str]] = [[] for _ in items]
         for group in self._sample_groups(items, seeds):
             expanded = [i for i in group for _ in seeds[i]]
@@ -814,7 +819,7 @@ class VLMAdapter(abc.ABC):
             shared = self.shares_prompt_prefill and len(expanded) > len(group)
             batch = self.format([items[i] for i in (group if shared else expanded)], for_generation=True)
             width = batch.inputs["input_ids"].shape[1]
-            processors = LogitsProcessorList([RowSeededSampler(flat_seeds, width, temperature, top_p)])
+            sampler = RowSeededSampler(flat_seeds, width, temperature, top_p)
             if shared:
                 repeat = torch.tensor([k for k, i in enumerate(group) for _ in seeds[i]], device=self.device)
                 self._route(group)
@@ -822,7 +827,7 @@ class VLMAdapter(abc.ABC):
             else:
                 inputs = batch.model_inputs()
             self._route(expanded)
-            for i, text in zip(expanded, self._decode_batch(inputs, max_new_tokens, processors)):
+            for i, text in zip(expanded, self._decode_batch(inputs, max_new_tokens, sampler, rows=expanded)):
                 results[i].append(text)
         return results
 
@@ -866,10 +871,26 @@ class VLMAdapter(abc.ABC):
         cache.reorder_cache(repeat)
         return {"input_ids": ids[repeat], "attention_mask": mask[repeat], CACHE: cache}
 
-    def _decode_batch(self, inputs: dict[str, Any], max_new_tokens: int, processors: Any = None) -> list[str]:
-        """`generate` on prepared inputs (greedy; a logits processor may turn it into sampling), decoded."""
+    def _decode_batch(self, inputs: dict[str, Any], max_new_tokens: int, sampler: RowSeededSampler | None = None,
+                      rows: list[int] | None = None) -> list[str]:
+        """Greedy decoding of prepared inputs (`sampler` turns it into row-seeded sampling), decoded.
+
+        Families with `drops_finished_rows` decode in a loop that stops computing a row once it has stopped
+        (`compact_decoding`), unless the model's generation config adds logits processors of its own; the
+        others, and those, call `generate`. `rows`: the item index of each row, for the batch hook.
+        """
+        from transformers import LogitsProcessorList
+
+        from mmunlearn.models.compact_decoding import decode_dropping_finished, plain_generation_config
+
+        if self.drops_finished_rows and plain_generation_config(getattr(self.model, "generation_config", None)):
+            route = None if self._batch_hook is None or rows is None else \
+                (lambda kept: self._route([rows[k] for k in kept]))
+            tokens = decode_dropping_finished(self.model, inputs, max_new_tokens, self.stop_token_ids,
+                                              self._forward_kwargs(), sampler, route)
+            return [self._decode(row) for row in tokens]
         width = inputs["input_ids"].shape[1]
-        extra = {} if processors is None else {"logits_processor": processors}
+        extra = {} if sampler is None else {"logits_processor": LogitsProcessorList([sampler])}
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                   eos_token_id=self.stop_token_ids, pad_token_id=self.pad_token_id, **extra)
         return [self._decode(row.tolist()) for row in out[:, width:]]

@@ -26,6 +26,7 @@ class Idefics3Adapter(VLMAdapter):
     language_model_path = "model.text_model"
     vision_tower_path = "model.vision_model"
     projector_path = "model.connector"
+    drops_finished_rows = True
 
     fake_image_token = "<fake_token_around_image>"
     global_image_token = "<global-img>"

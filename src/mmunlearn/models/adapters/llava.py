@@ -24,6 +24,7 @@ class LlavaAdapter(VLMAdapter):
     model_class_name = "LlavaForConditionalGeneration"
     image_processor_class_name = "CLIPImageProcessorPil"
     shares_prompt_prefill = True
+    drops_finished_rows = True
 
     def _features_per_crop(self, height: int, width: int) -> int:
         config = self.model.config

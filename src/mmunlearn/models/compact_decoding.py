@@ -1,0 +1,93 @@
+"""Greedy (or row-seeded sampled) decoding that drops each row from the batch once it has stopped.
+
+`model.generate` keeps every row of a batch until the last one stops or `max_new_tokens` is reached: a batch of
+256 short answers where one runs on to the limit costs the limit's number of steps for all 256 rows. The
+attacks here sample thousands of answers of 2-3 tokens with a limit of 8, so most decoding steps were spent on
+finished rows. This loop runs the same steps as `generate` (prefill, then one token per step through the KV
+cache, positions from the attention mask, logits of the last position only) on the rows still going: a
+finished row's cache entries are dropped and its later steps never run. Each row's tokens are those
+`generate` gives it, up to floating-point noise of the smaller batches (tests compare the texts).
+
+It covers what the adapters ask of `generate` (no logits processors but the row-seeded sampler); a model whose
+generation config would add its own (repetition penalty, bad words, a minimum length ...) goes through
+`generate` instead (`plain_generation_config`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from transformers import GenerationConfig
+
+from mmunlearn.models.cache_name import CACHE
+from mmunlearn.models.row_sampling import RowSeededSampler
+
+# Generation-config fields from which `generate` builds logits processors of its own under greedy decoding.
+_PROCESSOR_FIELDS = (
+    "repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size",
+    "bad_words_ids", "min_length", "min_new_tokens", "sequence_bias", "forced_bos_token_id", "forced_eos_token_id",
+    "suppress_tokens", "begin_suppress_tokens", "exponential_decay_length_penalty", "renormalize_logits",
+    "guidance_scale", "watermarking_config", "stop_strings",
+)
+
+
+def plain_generation_config(config: GenerationConfig | None) -> bool:
+    """True when greedy `generate` with this config applies no logits processor of its own."""
+    if config is None:
+        return True
+    default = GenerationConfig()
+    return all(getattr(config, f, None) == getattr(default, f, None) for f in _PROCESSOR_FIELDS)
+
+
+@torch.no_grad()
+def decode_dropping_finished(model: Any, inputs: dict[str, Any], max_new_tokens: int, stop_ids: Sequence[int],
+                             forward_kwargs: dict[str, Any], sampler: RowSeededSampler | None = None,
+                             on_rows: Callable[[list[int]], None] | None = None) -> list[list[int]]:
+    """New token ids per row (each ending at its first stop token, or at `max_new_tokens`).
+
+    `inputs`: left-padded `input_ids` / `attention_mask` plus the model's other inputs, or, with a KV cache
+    under `CACHE` holding every prompt position but the last, just the ids and mask (`_prefilled`). `on_rows`
+    hears the original row indices still in the batch before every forward pass that follows a drop, so a
+    per-row router (one edit per fact) follows the rows.
+    """
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    n = ids.shape[0]
+    device = ids.device
+    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as `generate` derives them
+    cache = inputs.get(CACHE)
+    if cache is None:
+        out = model(**inputs, position_ids=positions, use_cache=True, **forward_kwargs)
+    else:
+        out = model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
+                    use_cache=True, **{CACHE: cache}, **forward_kwargs)
+    cache = out[CACHE]
+    stops = torch.tensor(list(stop_ids), device=device)
+    alive = torch.arange(n, device=device)
+    next_position = positions[:, -1] + 1
+    seeds = sampler.seeds.to(device) if sampler is not None else None
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    for step in range(max_new_tokens):
+        scores = out.logits[:, -1].to(dtype=torch.float32, copy=True)
+        if sampler is not None:
+            scores = sampler.perturb(scores, seeds, step)
+        chosen = scores.argmax(-1)
+        for row, token in zip(alive.tolist(), chosen.tolist()):
+            tokens[row].append(token)
+        going = ~torch.isin(chosen, stops)
+        if step == max_new_tokens - 1 or not bool(going.any()):
+            break
+        if not bool(going.all()):
+            keep = going.nonzero().squeeze(1)
+            alive, chosen, mask, next_position = alive[keep], chosen[keep], mask[keep], next_position[keep]
+            cache.batch_select_indices(keep)
+            if seeds is not None:
+                seeds = seeds[keep]
+            if on_rows is not None:
+                on_rows(alive.tolist())
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_position[:, None],
+                    use_cache=True, **{CACHE: cache}, **forward_kwargs)
+        next_position = next_position + 1
+    return tokens
