@@ -114,6 +114,26 @@ def test_hidden_states_and_logit_lens(adapter):
         assert torch.allclose(hidden[rows, 0], out.hidden_states[0][:, -1].float(), atol=1e-6)
 
 
+def test_last_position_reads_run_the_last_layers_mlp_there_alone(adapter):
+    """Hidden states, the logit lens and the next token read only the last position: the last layer's MLP
+    runs on it alone, and every layer's last-position state is the whole forward's."""
+    down = adapter.model.get_submodule(adapter.module_names().mlp_down[-1])
+    widths: list[int] = []
+    handle = down.register_forward_pre_hook(lambda module, args: widths.append(int(args[0].shape[1])))
+    try:
+        hidden = adapter.hidden_states(ITEMS)
+    finally:
+        handle.remove()
+    assert widths and set(widths) == {1}, widths
+    position = {id(it): i for i, it in enumerate(ITEMS)}
+    for items in groups(adapter, ITEMS):
+        batch = adapter.format(items, for_generation=True)
+        with torch.no_grad():
+            out = adapter.model(**batch.model_inputs(), output_hidden_states=True)
+        whole = torch.stack(adapter._complete_hidden_states(list(out.hidden_states)), dim=1)[:, :, -1].float()
+        assert torch.allclose(hidden[[position[id(it)] for it in items]], whole, atol=1e-5)
+
+
 def test_greedy_generation_equals_model_generate(adapter):
     texts = adapter.generate(ITEMS, max_new_tokens=5)
     expected: dict[int, str] = {}

@@ -18,11 +18,18 @@ def test_greedy_decoding_drops_finished_rows_and_keeps_generates_texts(family, a
     adapter = adapter_for(family)
     items = groups(adapter, ITEMS)[0]
     stops = early_stop(adapter, items)
-    with stopping_at(adapter, stops), batch_sizes(adapter) as sizes:
-        texts = adapter.generate(items, max_new_tokens=STEPS)
+    down = adapter.model.get_submodule(adapter.module_names().mlp_down[-1])
+    widths: list[int] = []
+    handle = down.register_forward_pre_hook(lambda module, args: widths.append(int(args[0].shape[1])))
+    try:
+        with stopping_at(adapter, stops), batch_sizes(adapter) as sizes:
+            texts = adapter.generate(items, max_new_tokens=STEPS)
+    finally:
+        handle.remove()
     assert texts == reference(adapter, items, stops)
     assert sizes[0] == len(items) and min(sizes) < len(items), sizes
     assert sizes == sorted(sizes, reverse=True)
+    assert set(widths) == {1}, "the prompt's last-layer MLP runs at its last position alone"
 
 
 @pytest.mark.parametrize("family", DROPPING)

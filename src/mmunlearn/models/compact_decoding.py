@@ -16,6 +16,7 @@ generation config would add its own (repetition penalty, bad words, a minimum le
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -44,13 +45,16 @@ def plain_generation_config(config: GenerationConfig | None) -> bool:
 @torch.no_grad()
 def decode_dropping_finished(model: Any, inputs: dict[str, Any], max_new_tokens: int, stop_ids: Sequence[int],
                              forward_kwargs: dict[str, Any], sampler: RowSeededSampler | None = None,
-                             on_rows: Callable[[list[int]], None] | None = None) -> list[list[int]]:
+                             on_rows: Callable[[list[int]], None] | None = None,
+                             prefill_scope: Callable[[], AbstractContextManager[Any]] = nullcontext,
+                             ) -> list[list[int]]:
     """New token ids per row (each ending at its first stop token, or at `max_new_tokens`).
 
     `inputs`: left-padded `input_ids` / `attention_mask` plus the model's other inputs, or, with a KV cache
     under `CACHE` holding every prompt position but the last, just the ids and mask (`_prefilled`). `on_rows`
     hears the original row indices still in the batch before every forward pass that follows a drop, so a
-    per-row router (one edit per fact) follows the rows.
+    per-row router (one edit per fact) follows the rows. The prompt's forward pass runs inside
+    `prefill_scope()`, which may skip work whose output only the last position would read.
     """
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     n = ids.shape[0]
@@ -58,7 +62,8 @@ def decode_dropping_finished(model: Any, inputs: dict[str, Any], max_new_tokens:
     positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as `generate` derives them
     cache = inputs.get(CACHE)
     if cache is None:
-        out = model(**inputs, position_ids=positions, use_cache=True, **forward_kwargs)
+        with prefill_scope():
+            out = model(**inputs, position_ids=positions, use_cache=True, **forward_kwargs)
     else:
         out = model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
                     use_cache=True, **{CACHE: cache}, **forward_kwargs)
