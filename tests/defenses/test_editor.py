@@ -138,3 +138,31 @@ def test_edits_run_from_the_edited_layer_equal_whole_forward_edits(micro_adapter
     (whole_losses, whole_params), (losses, params) = results
     assert losses == pytest.approx(whole_losses, rel=1e-5, abs=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(params, whole_params))
+
+
+def test_forward_terms_are_the_per_row_sums_of_answer_log_probs(micro_adapter, micro_benchmark):
+    """One gather over the answer positions (and logits computed only there) gives each row's summed target
+    log-probs, end of turn excluded, and their gradient."""
+    records = micro_benchmark.records[:4]
+    answers = [records[0].answer, f"{records[1].answer} {records[2].answer}", records[2].answer,
+               f"{records[3].answer} {records[0].answer} {records[1].answer}"]
+    items = [VLMInput(micro_benchmark.image(r.image), r.question, a) for r, a in zip(records, answers)]
+    batch = micro_adapter.format(items, for_generation=False)
+    kept, offset = micro_adapter.answer_logits(batch)
+    width = batch.inputs["input_ids"].shape[1]
+    assert 0 < kept["logits_to_keep"] < width and offset == width - kept["logits_to_keep"]
+    head = micro_adapter.model.get_output_embeddings().weight
+    terms = forward_terms(micro_adapter, batch, None)
+    (fast,) = torch.autograd.grad(terms.target_logprob.sum(), head)
+    logits = micro_adapter.model(**batch.model_inputs()).logits.float()
+    ids, stops = batch.inputs["input_ids"], set(micro_adapter.stop_token_ids)
+    hand = []
+    for b, (start, end) in enumerate(batch.answer_spans):
+        target = ids[b, start:end].tolist()
+        target = target[:-1] if len(target) > 1 and target[-1] in stops else target
+        hand.append(sum(logits[b, start - 1 + k].log_softmax(-1)[t] for k, t in enumerate(target)))
+        assert int(terms.target_token[b]) == target[0]
+    assert len({len(a.split()) for a in answers}) == 3
+    assert torch.allclose(terms.target_logprob, torch.stack(hand), atol=1e-5)
+    (slow,) = torch.autograd.grad(torch.stack(hand).sum(), head)
+    assert torch.allclose(fast, slow, atol=1e-5)

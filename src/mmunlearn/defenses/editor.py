@@ -252,18 +252,32 @@ def forward_terms(adapter: VLMAdapter, items: Sequence[VLMInput] | VLMBatch,
     hidden-state indices `lens_layers`, with gradients, as log-probabilities.
     """
     batch = items if isinstance(items, VLMBatch) else adapter.format(list(items), for_generation=False)
-    out = adapter.forward_batch(batch, output_hidden_states=lens_layers is not None)
+    kept, offset = adapter.answer_logits(batch)
+    out = adapter.forward_batch(batch, output_hidden_states=lens_layers is not None, **kept)
     ids = batch.inputs["input_ids"]
     stops = set(adapter.stop_token_ids)
-    logprobs, first = [], []
+    # Every answer token at once: one gather from the logits (slicing them row by row made the backward pass
+    # add a zero-filled gradient of the whole logits tensor per row).
+    rows, places, positions = [], [], []
+    id_rows = ids.tolist()
     for b, (start, end) in enumerate(batch.answer_spans):
-        target = ids[b, start:end]
-        if len(target) > 1 and int(target[-1]) in stops:
-            target = target[:-1]
-        logp = out.logits[b, start - 1:start - 1 + len(target)].float().log_softmax(-1)
-        logprobs.append(logp.gather(-1, target[:, None])[:, 0].sum())
-        first.append(target[0])
-    terms = EditTerms(torch.stack(logprobs), torch.stack(first))
+        n = end - start
+        if n > 1 and id_rows[b][end - 1] in stops:
+            n -= 1
+        rows += [b] * n
+        places += range(n)
+        positions += range(start - 1, start - 1 + n)
+    device = ids.device
+    row_t = torch.tensor(rows, device=device)
+    place_t = torch.tensor(places, device=device)
+    pos_t = torch.tensor(positions, device=device)
+    logits = out.logits[row_t.to(out.logits.device), (pos_t - offset).to(out.logits.device)]
+    token_lp = logits.float().log_softmax(-1).gather(-1, ids[row_t, pos_t + 1][:, None].to(logits.device))[:, 0]
+    table = token_lp.new_zeros(len(batch.answer_spans), max(places) + 1)
+    summed = table.index_put((row_t.to(table.device), place_t.to(table.device)), token_lp).sum(-1)
+    first = ids[torch.arange(len(batch.answer_spans), device=device),
+                torch.tensor([s for s, _ in batch.answer_spans], device=device)]
+    terms = EditTerms(summed, first)
     if lens_layers is not None:
         states = adapter._complete_hidden_states(list(out.hidden_states))
         rows = torch.arange(len(batch.answer_spans))

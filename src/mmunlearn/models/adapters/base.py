@@ -522,9 +522,27 @@ class VLMAdapter(abc.ABC):
                     self._batch_hook(part)
                 yield part
 
+    @functools.cached_property
+    def _keeps_logits(self) -> bool:
+        return "logits_to_keep" in inspect.signature(self.model.forward).parameters
+
     def _forward_kwargs(self) -> dict[str, Any]:
-        params = inspect.signature(self.model.forward).parameters
-        return {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        return {"logits_to_keep": 1} if self._keeps_logits else {}
+
+    def answer_logits(self, batch: VLMBatch) -> tuple[dict[str, Any], int]:
+        """Forward kwargs that compute logits only where they predict `batch`'s answers, and the sequence
+        position of the first logit kept.
+
+        Rows are left-padded with the answer last, so the last `width - earliest answer start + 1` positions
+        cover every answer; the lm_head and the log-softmax over the rest of the prompt (most of a short-answer
+        row) are skipped. A model without `logits_to_keep`, or a batch whose answers do not all end the row,
+        keeps every position.
+        """
+        width = int(batch.inputs["input_ids"].shape[1])
+        if not batch.answer_spans or not self._keeps_logits or any(end != width for _, end in batch.answer_spans):
+            return {}, 0
+        first = min(start for start, _ in batch.answer_spans) - 1
+        return {"logits_to_keep": width - first}, first
 
     # ------------------------------------------------------------------ scoring and probing
 
@@ -537,12 +555,13 @@ class VLMAdapter(abc.ABC):
         results: list[AnswerScore | None] = [None] * len(items)
         for group in self._groups(len(items), [it.image is not None for it in items]):
             batch = self.format([items[i] for i in group], for_generation=False)
-            logits = self.model(**batch.model_inputs()).logits
+            kept, offset = self.answer_logits(batch)
+            logits = self.model(**batch.model_inputs(), **kept).logits
             ids = batch.inputs["input_ids"]
             for b, i in enumerate(group):
                 start, end = batch.answer_spans[b]
                 target = ids[b, start:end]
-                logp = logits[b, start - 1:end - 1].float().log_softmax(-1)
+                logp = logits[b, start - 1 - offset:end - 1 - offset].float().log_softmax(-1)
                 token_lp = logp.gather(-1, target[:, None].to(logp.device))[:, 0].cpu()
                 tid = target.tolist()
                 results[i] = AnswerScore(tid, self.tokenizer.convert_ids_to_tokens(tid), token_lp.tolist(),
