@@ -54,14 +54,16 @@ def protocol_side_by_side(cfg, adapter, benchmark, n_facts: int, slots: int) -> 
     with Editor(adapter, edit_config) as editor:
         init = lora_init(editor)
         protocol = Protocol(adapter, benchmark, editor, defenses, attacks, config, relearner(),
-                            edited_from=lowest_layer(adapter, editor.module_names))
+                            edited_from=lowest_layer(adapter, editor.module_names),
+                            edited_modules=editor.module_names)
         protocol.prime()
         t0 = clock(adapter)
         sequential = [protocol.run_fact(r) for r in records]
         seq_seconds = clock(adapter) - t0
     with BatchedEditor(adapter, edit_config, slots=slots, init=init) as batched:
         protocol = Protocol(adapter, benchmark, None, defenses, attacks, config, relearner(batched.router),
-                            edited_from=lowest_layer(adapter, batched.module_names))
+                            edited_from=lowest_layer(adapter, batched.module_names),
+                            edited_modules=batched.module_names)
         protocol.prime()
         t0 = clock(adapter)
         grouped = [rows for start in range(0, len(records), slots)

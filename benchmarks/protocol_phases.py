@@ -63,6 +63,7 @@ def main() -> None:
     timed(protocol_module, "prefetch", "readouts", spent)
     timed(adapter, "sample", "  of which sampling", spent)
     timed(adapter, "hidden_states", "  of which probe states", spent)
+    timed(adapter, "after_mlp_down", "  of which probe states", spent)
     timed(Relearning, "attack_many", "relearning", spent)
     for attack in attacks.values():
         timed(attack, "run_many", "attack scoring", spent)
@@ -72,7 +73,8 @@ def main() -> None:
                              router=editor.router) if relearn_config else None
         protocol = Protocol(adapter, benchmark, None, defenses, attacks, config, relearn,
                             edit_overrides=edit_overrides(cfg, defenses),
-                            edited_from=lowest_layer(adapter, editor.module_names))
+                            edited_from=lowest_layer(adapter, editor.module_names),
+                            edited_modules=editor.module_names)
         t0 = time.perf_counter()
         protocol.prime()
         prime = time.perf_counter() - t0

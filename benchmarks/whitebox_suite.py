@@ -81,7 +81,8 @@ def main() -> None:
                 for attack in chosen:
                     attack.run_many(contexts)
                 times.append(clock(adapter) - t0)
-    whole, resumed, gap = probe_states_after_edit(cfg, adapter, benchmark, args.group, args.repeats)
+    whole, resumed, above, gap, gap_above = probe_states_after_edit(cfg, adapter, benchmark, args.group,
+                                                                    args.repeats)
     p, s, q = statistics.median(plain), statistics.median(suite), statistics.median(probe_times)
     gp, gl, gs = (statistics.median(t) for t in (group_plain, group_lens, group_suite)) if group_plain \
         else (0.0, 0.0, 0.0)
@@ -103,39 +104,53 @@ def main() -> None:
           f"{whole * 1e3:.0f} | 1.00x (of this row) |")
     print(f"| the same, resumed at the edited layer (largest difference {gap:.1e}) | {resumed * 1e3:.0f} | "
           f"{resumed / whole:.2f}x the whole model |")
+    if above is not None:
+        print(f"| the same, resumed above the edited down-projection (largest difference {gap_above:.1e}) | "
+              f"{above * 1e3:.0f} | {above / whole:.2f}x the whole model |")
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump({"plain_ms": p * 1e3, "suite_ms": s * 1e3, "probe_ms": q * 1e3, "ratio": s / p,
                        "group": args.group, "group_plain_ms": gp * 1e3, "group_lens_ms": gl * 1e3,
                        "group_lens_ratio": gl / gp if gp else None, "group_suite_ms": gs * 1e3,
                        "group_ratio": gs / gp if gp else None, "probe_states_whole_ms": whole * 1e3,
-                       "probe_states_resumed_ms": resumed * 1e3, "probe_states_max_difference": gap}, fh, indent=2)
+                       "probe_states_resumed_ms": resumed * 1e3, "probe_states_max_difference": gap,
+                       "probe_states_above_down_ms": None if above is None else above * 1e3,
+                       "probe_states_above_down_max_difference": gap_above}, fh, indent=2)
 
 
-def probe_states_after_edit(cfg, adapter, benchmark, group: int, repeats: int) -> tuple[float, float, float]:  # noqa: ANN001
-    """Median seconds of the probe's training states for a group's edited models, whole vs resumed, and
-    the largest absolute difference between the two."""
+def probe_states_after_edit(cfg, adapter, benchmark, group: int,  # noqa: ANN001
+                            repeats: int) -> tuple[float, float, float | None, float, float | None]:
+    """Median seconds of the probe's training states for a group's edited models: whole, resumed at the edited
+    layer and (where the edit is that layer's down-projection alone) resumed above it, with the largest
+    absolute difference of each resumed variant from the whole model."""
     _, _, edit_config, _ = build_components(cfg)
     items = [VLMInput(benchmark.image(r.image), r.question) for r in benchmark.records]
     with BatchedEditor(adapter, edit_config, slots=group) as editor:
         layer = lowest_layer(adapter, editor.module_names)
         stored = adapter.layer_inputs(items, layer)
+        down_only = list(editor.module_names) == [adapter.module_names().mlp_down[layer]] and \
+            adapter.resumes_after_mlp_down(layer)
+        below_down = adapter.mlp_down_inputs(items, layer) if down_only else None
         generator = torch.Generator().manual_seed(0)
         with torch.no_grad():
             for module in editor.modules:
                 module.B.copy_(torch.randn(module.B.shape, generator=generator) * 0.1)
         owners = [fact for fact in range(group) for _ in items]
-        times: dict[str, list[float]] = {"whole": [], "resumed": []}
+        kinds = ("whole", "resumed", "above") if down_only else ("whole", "resumed")
+        times: dict[str, list[float]] = {kind: [] for kind in kinds}
         states = {}
         for _ in range(repeats):
-            for kind in times:
+            for kind in kinds:
                 t0 = clock(adapter)
                 with editor.routed(owners):
-                    states[kind] = adapter.hidden_states(items * group,
-                                                         resume=stored * group if kind == "resumed" else None)
+                    resume = None if kind == "whole" else stored * group if kind == "resumed" else \
+                        adapter.after_mlp_down(below_down * group)
+                    states[kind] = adapter.hidden_states(items * group, resume=resume)
                 times[kind].append(clock(adapter) - t0)
     gap = float((states["whole"] - states["resumed"]).abs().max())
-    return statistics.median(times["whole"]), statistics.median(times["resumed"]), gap
+    above = statistics.median(times["above"]) if down_only else None
+    gap_above = float((states["whole"] - states["above"]).abs().max()) if down_only else None
+    return statistics.median(times["whole"]), statistics.median(times["resumed"]), above, gap, gap_above
 
 
 if __name__ == "__main__":

@@ -331,6 +331,33 @@ def test_a_training_batch_run_from_a_layer_equals_the_whole_forward(adapter):
         adapter.from_layer(adapter.format(ITEMS[1:2], for_generation=False), adapter.num_layers)
 
 
+@pytest.mark.parametrize("layer", [0, 1])
+def test_resuming_above_a_changed_down_projection_equals_the_whole_forward(adapter, layer):
+    """States of a model changed only in one layer's MLP down-projection, from the unchanged model's residual
+    and projection input of that layer: residual + the changed projection, then the layers above."""
+    if not adapter.resumes_after_mlp_down(layer):
+        assert layer >= adapter.num_layers - 1 or not adapter.resumes_at_layer
+        with pytest.raises(MMUnlearnError, match="cannot resume"):
+            adapter.mlp_down_inputs(ITEMS, layer)
+        return
+    stored = adapter.mlp_down_inputs(ITEMS, layer)
+    before = adapter.hidden_states(ITEMS)
+    for kept, row in zip(stored, before):
+        assert torch.allclose(kept.lower, row[:layer + 1])
+    down = adapter.model.get_submodule(adapter.module_names().mlp_down[layer]).weight
+    saved = down.detach().clone()
+    try:
+        with torch.no_grad():
+            down.add_(torch.randn_like(down))
+        whole = adapter.hidden_states(ITEMS)
+        resumed = adapter.hidden_states(ITEMS, resume=adapter.after_mlp_down(stored))
+    finally:
+        with torch.no_grad():
+            down.copy_(saved)
+    assert not torch.allclose(whole[:, -1], before[:, -1], atol=1e-3), "the change must reach the top layer"
+    assert torch.allclose(resumed, whole, atol=1e-5)
+
+
 def test_resuming_at_a_layer_equals_the_whole_forward(adapter):
     """States of a model changed only from layer 1 up, resumed from the unchanged model's layer-1 inputs."""
     if not adapter.resumes_at_layer:

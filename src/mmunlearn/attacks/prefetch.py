@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from mmunlearn.attacks.context import AttackContext, Needs, Route, SampleRequest, fetch_samples, routing
 from mmunlearn.attacks.registry import Attack
 from mmunlearn.data.records import FactRecord
-from mmunlearn.models.adapters.base import LayerInput, VLMInput
+from mmunlearn.models.adapters.base import LayerInput, MlpDownInput, VLMInput
 
 
 def merged_needs(attacks: Iterable[Attack], ctx: AttackContext) -> tuple[bool, list[int], list[SampleRequest]]:
@@ -26,11 +26,12 @@ def merged_needs(attacks: Iterable[Attack], ctx: AttackContext) -> tuple[bool, l
 
 
 def prefetch(contexts: Sequence[AttackContext], attacks: Sequence[Attack], route: Route | None = None,
-             layer_inputs: Mapping[str, LayerInput] | None = None) -> None:
+             layer_inputs: Mapping[str, LayerInput | MlpDownInput] | None = None) -> None:
     """Fill every context's caches for `attacks`; with `route`, context i's rows go through owner i.
 
-    `layer_inputs` (record id -> `LayerInput` from a model that equals every routed variant below its layer):
-    the probe's training states of those records resume there instead of running the whole model.
+    `layer_inputs` (record id -> `LayerInput` from a model that equals every routed variant below its layer,
+    or `MlpDownInput` from one that differs from them only in that layer's down-projection): the probe's
+    training states of those records resume there instead of running the whole model.
     """
     if not contexts:
         return
@@ -57,7 +58,10 @@ def prefetch(contexts: Sequence[AttackContext], attacks: Sequence[Attack], route
         items = [VLMInput(contexts[i].image(r.image), r.question) for i, r in wanted]
         with routing(route, [i for i, _ in wanted]):
             if layer_inputs is not None and all(r.id in layer_inputs for _, r in wanted):
-                states = adapter.hidden_states(items, resume=[layer_inputs[r.id] for _, r in wanted])
+                stored = [layer_inputs[r.id] for _, r in wanted]
+                if isinstance(stored[0], MlpDownInput):  # the edit is that projection: resume just above it
+                    stored = adapter.after_mlp_down(stored)
+                states = adapter.hidden_states(items, resume=stored)
             else:
                 states = adapter.hidden_states(items)
         for k, (i, record) in enumerate(wanted):

@@ -203,7 +203,8 @@ class GroupRunner:
                              router=editor.router if routed else None) if self.relearn_config else None
         self.protocol = Protocol(self.adapter, self.benchmark, None if routed else editor, self.defenses,
                                  self.attacks, self.config, relearn, edit_overrides=self.overrides,
-                                 edited_from=lowest_layer(self.adapter, editor.module_names))
+                                 edited_from=lowest_layer(self.adapter, editor.module_names),
+                                 edited_modules=editor.module_names)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -23,7 +23,7 @@ from mmunlearn.defenses.editor import EditExamples, Editor
 from mmunlearn.defenses.losses import Defense
 from mmunlearn.errors import ConfigError
 from mmunlearn.metrics.accuracy import contains_answer
-from mmunlearn.models.adapters.base import LayerInput, VLMAdapter, VLMInput
+from mmunlearn.models.adapters.base import LayerInput, MlpDownInput, VLMAdapter, VLMInput
 from mmunlearn.models.layer_spec import resolve_layers
 
 
@@ -96,9 +96,11 @@ class Protocol:
 
     def __init__(self, adapter: VLMAdapter, benchmark: Benchmark, editor: Editor | None, defenses: dict[str, Defense],
                  attacks: dict[str, Attack], config: ProtocolConfig, relearn: Relearning | None = None,
-                 edit_overrides: dict[str, dict[str, Any]] | None = None, edited_from: int | None = None) -> None:
+                 edit_overrides: dict[str, dict[str, Any]] | None = None, edited_from: int | None = None,
+                 edited_modules: Sequence[str] = ()) -> None:
         """`edited_from`: the lowest decoder layer any edit changes (None: unknown). Below it every edited model
-        equals the unedited one, so the probe's training states resume there (`prime`)."""
+        equals the unedited one, so the probe's training states resume there (`prime`); when the edits change
+        nothing but that layer's MLP down-projection (`edited_modules`), they resume just above it."""
         self.adapter = adapter
         self.benchmark = benchmark
         self.editor = editor
@@ -109,7 +111,9 @@ class Protocol:
         self.edit_overrides = edit_overrides or {}  # defense name -> {lr, steps} replacing the editor's
         self._pre_cache: StateCache = {}  # probe states of the unedited model, shared by every fact
         self.edited_from = edited_from
-        self._layer_inputs: dict[str, LayerInput] = {}  # record id -> input of layer `edited_from`, unedited
+        self.edited_modules = tuple(edited_modules)
+        # record id -> input of layer `edited_from` (or of its down-projection), unedited
+        self._layer_inputs: dict[str, LayerInput | MlpDownInput] = {}
         self._check_empty_answer()
 
     def _check_empty_answer(self) -> None:
@@ -136,9 +140,16 @@ class Protocol:
         # the attacks' forward passes; the layers below the edit are the unedited model's, so those states
         # start from the edited layer's stored inputs (same values, the lower layers skipped).
         frm = self.edited_from
-        if "probe" in self.attacks and self.adapter.resumes_at_layer and frm is not None and \
-                1 <= frm < self.adapter.num_layers:
-            self._layer_inputs = dict(zip([r.id for r in records], self.adapter.layer_inputs(items, frm)))
+        if "probe" not in self.attacks or frm is None:
+            return
+        ids = [r.id for r in records]
+        if self.edited_modules == (self.adapter.module_names().mlp_down[frm],) and \
+                self.adapter.resumes_after_mlp_down(frm):
+            # Every edit is a delta on this projection alone: the layer's attention and the rest of its MLP are
+            # the unedited model's too, so each state starts from the residual plus the edited projection.
+            self._layer_inputs = dict(zip(ids, self.adapter.mlp_down_inputs(items, frm)))
+        elif self.adapter.resumes_at_layer and 1 <= frm < self.adapter.num_layers:
+            self._layer_inputs = dict(zip(ids, self.adapter.layer_inputs(items, frm)))
 
     # ------------------------------------------------------------------ measurements
 

@@ -193,6 +193,23 @@ class LayerInput:
     lower: torch.Tensor
 
 
+@dataclass(frozen=True)
+class MlpDownInput:
+    """What the MLP down-projection of decoder `layer` reads for one prompt, and the residual its output is
+    added to: a model variant that differs from the model it came from only in that projection (a per-fact
+    delta on it) gets the layer's output as `residual + projection(down_input)`, without the attention and
+    the rest of the MLP below it (`after_mlp_down`).
+
+    `residual`, `down_input`: unpadded `[seq, hidden]` / `[seq, intermediate]` in the model's dtype, on the CPU;
+    `lower`: as `LayerInput.lower`, the last position's hidden-state entries 0..layer.
+    """
+
+    layer: int
+    residual: torch.Tensor
+    down_input: torch.Tensor
+    lower: torch.Tensor
+
+
 class _LayerReached(Exception):
     """Stops a forward pass once the layer whose input `from_layer` wants has been reached."""
 
@@ -661,6 +678,80 @@ class VLMAdapter(abc.ABC):
                         out[i] = LayerInput(layer, seq, lower[b])
         finally:
             handle.remove()
+        return out  # type: ignore[return-value]
+
+    def _residual_before_mlp(self, layer: int) -> nn.Module | None:
+        """The module whose input is decoder `layer`'s residual after attention, where the MLP's output is
+        added (Llama-style layers: `post_attention_layernorm`); None where the layer is built otherwise."""
+        return dict(self.model.named_modules()).get(f"{self.module_names().layers[layer]}.post_attention_layernorm")
+
+    def resumes_after_mlp_down(self, layer: int) -> bool:
+        """Whether `mlp_down_inputs` / `after_mlp_down` serve decoder `layer` (a layer below the last)."""
+        return self.resumes_at_layer and 0 <= layer < self.num_layers - 1 and \
+            self._residual_before_mlp(layer) is not None
+
+    def mlp_down_inputs(self, items: Sequence[VLMInput], layer: int) -> list[MlpDownInput]:
+        """The residual and the down-projection input of decoder `layer` for every item's prompt on the current
+        model, for `after_mlp_down`."""
+        if not self.resumes_after_mlp_down(layer):
+            raise MMUnlearnError(f"{type(self).__name__} cannot resume after the MLP of layer {layer}")
+        norm = self._residual_before_mlp(layer)
+        down = self.model.get_submodule(self.module_names().mlp_down[layer])
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep(name: str) -> Callable[..., None]:
+            def hook(module: nn.Module, args: tuple) -> None:
+                captured[name] = args[0].detach()
+            return hook
+
+        handles = [norm.register_forward_pre_hook(keep("residual")), down.register_forward_pre_hook(keep("down"))]
+        out: list[MlpDownInput | None] = [None] * len(items)
+        try:
+            with torch.no_grad():
+                for group in self._groups(len(items), [it.image is not None for it in items]):
+                    batch = self.format([items[i] for i in group], for_generation=True)
+                    captured.clear()
+                    states = self._last_prompt_states(batch)
+                    lower = torch.stack(states[:layer + 1], dim=1).float().cpu()
+                    lengths = batch.inputs["attention_mask"].sum(-1).tolist()
+                    width = captured["residual"].shape[1]
+                    for b, i in enumerate(group):
+                        keep_from = width - int(lengths[b])
+                        out[i] = MlpDownInput(layer, captured["residual"][b, keep_from:].cpu(),
+                                              captured["down"][b, keep_from:].cpu(), lower[b])
+        finally:
+            for handle in handles:
+                handle.remove()
+        return out  # type: ignore[return-value]
+
+    def after_mlp_down(self, inputs: Sequence[MlpDownInput]) -> list[LayerInput]:
+        """Each prompt's input of decoder layer `inputs[0].layer + 1` on the current model, which must equal the
+        model the inputs came from except in that down-projection: `residual + projection(down_input)`, with
+        the current projection (routed per row by the batch hook, like any other call). For `hidden_states(...,
+        resume=...)`."""
+        if not inputs:
+            return []
+        layer = inputs[0].layer
+        if any(r.layer != layer for r in inputs):
+            raise MMUnlearnError("after_mlp_down: every input must come from one layer")
+        down = self.model.get_submodule(self.module_names().mlp_down[layer])
+        device = next(down.parameters()).device
+        out: list[LayerInput | None] = [None] * len(inputs)
+        with torch.no_grad():
+            for group in self._groups(len(inputs), [True] * len(inputs)):
+                width = max(inputs[i].residual.shape[0] for i in group)
+                residual = torch.zeros((len(group), width, inputs[group[0]].residual.shape[-1]), dtype=self.dtype)
+                down_in = torch.zeros((len(group), width, inputs[group[0]].down_input.shape[-1]), dtype=self.dtype)
+                for b, i in enumerate(group):
+                    n = inputs[i].residual.shape[0]
+                    residual[b, width - n:] = inputs[i].residual
+                    down_in[b, width - n:] = inputs[i].down_input
+                states = (residual.to(device) + down(down_in.to(device))).cpu()
+                for b, i in enumerate(group):
+                    n = inputs[i].residual.shape[0]
+                    row = states[b, width - n:]
+                    lower = torch.cat([inputs[i].lower, row[-1:].float()])
+                    out[i] = LayerInput(layer + 1, row, lower)
         return out  # type: ignore[return-value]
 
     @contextlib.contextmanager
