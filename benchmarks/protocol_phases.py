@@ -63,7 +63,6 @@ def main() -> None:
     timed(protocol_module, "prefetch", "readouts", spent)
     timed(adapter, "sample", "  of which sampling", spent)
     timed(adapter, "hidden_states", "  of which probe states", spent)
-    timed(adapter, "after_mlp_down", "  of which probe states", spent)
     timed(Relearning, "attack_many", "relearning", spent)
     for attack in attacks.values():
         timed(attack, "run_many", "attack scoring", spent)

@@ -144,7 +144,7 @@ def probe_states_after_edit(cfg, adapter, benchmark, group: int,  # noqa: ANN001
                 t0 = clock(adapter)
                 with editor.routed(owners):
                     resume = None if kind == "whole" else stored * group if kind == "resumed" else \
-                        adapter.after_mlp_down(below_down * group)
+                        below_down.rows(list(range(len(items))) * group)
                     states[kind] = adapter.hidden_states(items * group, resume=resume)
                 times[kind].append(clock(adapter) - t0)
     gap = float((states["whole"] - states["resumed"]).abs().max())

@@ -340,17 +340,18 @@ def test_resuming_above_a_changed_down_projection_equals_the_whole_forward(adapt
         with pytest.raises(MMUnlearnError, match="cannot resume"):
             adapter.mlp_down_inputs(ITEMS, layer)
         return
-    stored = adapter.mlp_down_inputs(ITEMS, layer)
+    store = adapter.mlp_down_inputs(ITEMS, layer)
     before = adapter.hidden_states(ITEMS)
-    for kept, row in zip(stored, before):
-        assert torch.allclose(kept.lower, row[:layer + 1])
+    assert torch.allclose(store.lower, before[:, :layer + 1])
+    assert store.lengths.tolist() == [len(adapter.encode(it, for_generation=True).input_ids) for it in ITEMS]
     down = adapter.model.get_submodule(adapter.module_names().mlp_down[layer]).weight
     saved = down.detach().clone()
     try:
         with torch.no_grad():
             down.add_(torch.randn_like(down))
         whole = adapter.hidden_states(ITEMS)
-        resumed = adapter.hidden_states(ITEMS, resume=adapter.after_mlp_down(stored))
+        order = list(range(len(ITEMS)))[::-1]  # rows are looked up, not taken in order
+        resumed = adapter.hidden_states([ITEMS[i] for i in order], resume=store.rows(order))[torch.tensor(order)]
     finally:
         with torch.no_grad():
             down.copy_(saved)

@@ -11,11 +11,20 @@ the filled caches. With a `route`, item k of a merged call is taken through its 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from mmunlearn.attacks.context import AttackContext, Needs, Route, SampleRequest, fetch_samples, routing
 from mmunlearn.attacks.registry import Attack
 from mmunlearn.data.records import FactRecord
-from mmunlearn.models.adapters.base import LayerInput, MlpDownInput, VLMInput
+from mmunlearn.models.adapters.base import LayerInput, MlpDownStore, VLMInput
+
+
+@dataclass(frozen=True)
+class AboveDown:
+    """Records' stored inputs above an edited down-projection: row `row_of[record id]` of `store`."""
+
+    store: MlpDownStore
+    row_of: Mapping[str, int]
 
 
 def merged_needs(attacks: Iterable[Attack], ctx: AttackContext) -> tuple[bool, list[int], list[SampleRequest]]:
@@ -26,11 +35,11 @@ def merged_needs(attacks: Iterable[Attack], ctx: AttackContext) -> tuple[bool, l
 
 
 def prefetch(contexts: Sequence[AttackContext], attacks: Sequence[Attack], route: Route | None = None,
-             layer_inputs: Mapping[str, LayerInput | MlpDownInput] | None = None) -> None:
+             layer_inputs: Mapping[str, LayerInput] | AboveDown | None = None) -> None:
     """Fill every context's caches for `attacks`; with `route`, context i's rows go through owner i.
 
     `layer_inputs` (record id -> `LayerInput` from a model that equals every routed variant below its layer,
-    or `MlpDownInput` from one that differs from them only in that layer's down-projection): the probe's
+    or `AboveDown`: stored rows from a model that differs from them only in one down-projection): the probe's
     training states of those records resume there instead of running the whole model.
     """
     if not contexts:
@@ -57,11 +66,11 @@ def prefetch(contexts: Sequence[AttackContext], attacks: Sequence[Attack], route
     if wanted:
         items = [VLMInput(contexts[i].image(r.image), r.question) for i, r in wanted]
         with routing(route, [i for i, _ in wanted]):
-            if layer_inputs is not None and all(r.id in layer_inputs for _, r in wanted):
-                stored = [layer_inputs[r.id] for _, r in wanted]
-                if isinstance(stored[0], MlpDownInput):  # the edit is that projection: resume just above it
-                    stored = adapter.after_mlp_down(stored)
-                states = adapter.hidden_states(items, resume=stored)
+            if isinstance(layer_inputs, AboveDown) and all(r.id in layer_inputs.row_of for _, r in wanted):
+                rows = layer_inputs.store.rows([layer_inputs.row_of[r.id] for _, r in wanted])
+                states = adapter.hidden_states(items, resume=rows)
+            elif isinstance(layer_inputs, Mapping) and all(r.id in layer_inputs for _, r in wanted):
+                states = adapter.hidden_states(items, resume=[layer_inputs[r.id] for _, r in wanted])
             else:
                 states = adapter.hidden_states(items)
         for k, (i, record) in enumerate(wanted):

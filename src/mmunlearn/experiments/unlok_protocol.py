@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmunlearn.attacks.context import AttackContext, Route, StateCache, routing
-from mmunlearn.attacks.prefetch import prefetch
+from mmunlearn.attacks.prefetch import AboveDown, prefetch
 from mmunlearn.attacks.registry import Attack, Slot
 from mmunlearn.attacks.relearning import Relearning
 from mmunlearn.data.records import Benchmark, FactRecord
@@ -23,7 +23,7 @@ from mmunlearn.defenses.editor import EditExamples, Editor
 from mmunlearn.defenses.losses import Defense
 from mmunlearn.errors import ConfigError
 from mmunlearn.metrics.accuracy import contains_answer
-from mmunlearn.models.adapters.base import LayerInput, MlpDownInput, VLMAdapter, VLMInput
+from mmunlearn.models.adapters.base import LayerInput, VLMAdapter, VLMInput
 from mmunlearn.models.layer_spec import resolve_layers
 
 
@@ -112,8 +112,8 @@ class Protocol:
         self._pre_cache: StateCache = {}  # probe states of the unedited model, shared by every fact
         self.edited_from = edited_from
         self.edited_modules = tuple(edited_modules)
-        # record id -> input of layer `edited_from` (or of its down-projection), unedited
-        self._layer_inputs: dict[str, LayerInput | MlpDownInput] = {}
+        # record id -> input of layer `edited_from` on the unedited model (or the rows above its down-projection)
+        self._layer_inputs: dict[str, LayerInput] | AboveDown = {}
         self._check_empty_answer()
 
     def _check_empty_answer(self) -> None:
@@ -147,7 +147,7 @@ class Protocol:
                 self.adapter.resumes_after_mlp_down(frm):
             # Every edit is a delta on this projection alone: the layer's attention and the rest of its MLP are
             # the unedited model's too, so each state starts from the residual plus the edited projection.
-            self._layer_inputs = dict(zip(ids, self.adapter.mlp_down_inputs(items, frm)))
+            self._layer_inputs = AboveDown(self.adapter.mlp_down_inputs(items, frm), {i: k for k, i in enumerate(ids)})
         elif self.adapter.resumes_at_layer and 1 <= frm < self.adapter.num_layers:
             self._layer_inputs = dict(zip(ids, self.adapter.layer_inputs(items, frm)))
 

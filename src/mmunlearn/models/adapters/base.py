@@ -194,20 +194,33 @@ class LayerInput:
 
 
 @dataclass(frozen=True)
-class MlpDownInput:
-    """What the MLP down-projection of decoder `layer` reads for one prompt, and the residual its output is
-    added to: a model variant that differs from the model it came from only in that projection (a per-fact
-    delta on it) gets the layer's output as `residual + projection(down_input)`, without the attention and
-    the rest of the MLP below it (`after_mlp_down`).
+class MlpDownStore:
+    """What the MLP down-projection of decoder `layer` reads for many prompts, and the residual its output is
+    added to, kept so a model variant that differs from the model they came from only in that projection (a
+    per-fact delta on it) resumes just above it: the layer's output is `residual + projection(down_input)`, the
+    layer's attention and the rest of its MLP skipped (`hidden_states(items, resume=store.rows(...))`).
 
-    `residual`, `down_input`: unpadded `[seq, hidden]` / `[seq, intermediate]` in the model's dtype, on the CPU;
-    `lower`: as `LayerInput.lower`, the last position's hidden-state entries 0..layer.
+    `residual` `[n, width, hidden]` and `down_input` `[n, width, intermediate]`: left-padded with zeros to the
+    longest prompt, model dtype, CPU; `lengths`: each prompt's positions; `lower`: the last position's
+    hidden-state entries 0..layer `[n, layer + 1, hidden]`, fp32.
     """
 
     layer: int
     residual: torch.Tensor
     down_input: torch.Tensor
+    lengths: torch.Tensor
     lower: torch.Tensor
+
+    def rows(self, indices: Sequence[int]) -> MlpDownRows:
+        return MlpDownRows(self, tuple(int(i) for i in indices))
+
+
+@dataclass(frozen=True)
+class MlpDownRows:
+    """Items resuming above a down-projection: item k's prompt is row `rows[k]` of `store`."""
+
+    store: MlpDownStore
+    rows: tuple[int, ...]
 
 
 class _LayerReached(Exception):
@@ -596,14 +609,16 @@ class VLMAdapter(abc.ABC):
         return [h[:, -1, :] for h in states]
 
     def _probe(self, items: Sequence[VLMInput], hidden: bool, lens: bool,
-               resume: Sequence[LayerInput] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               resume: Sequence[LayerInput] | MlpDownRows | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward pass per batch; the hidden states and/or the logit lens of it (empty tensors if not asked).
 
-        With `resume` (one `LayerInput` per item, all at one layer) each batch starts at that layer from the
-        stored inputs; the entries below it come from the stored last-position states.
+        With `resume` (one `LayerInput` per item, all at one layer; or `MlpDownRows`) each batch starts at that
+        layer (or just above the stored down-projection) from the stored inputs; the entries below it come from
+        the stored last-position states.
         """
-        if resume is not None and len(resume) != len(items):
-            raise MMUnlearnError(f"resume: {len(resume)} layer inputs for {len(items)} items")
+        n_resume = len(resume.rows) if isinstance(resume, MlpDownRows) else None if resume is None else len(resume)
+        if n_resume is not None and n_resume != len(items):
+            raise MMUnlearnError(f"resume: {n_resume} layer inputs for {len(items)} items")
         order: list[int] = []
         h_blocks: list[torch.Tensor] = []
         l_blocks: list[torch.Tensor] = []
@@ -612,6 +627,11 @@ class VLMAdapter(abc.ABC):
                 batch = self.format([items[i] for i in group], for_generation=True)
                 if resume is None:
                     states = self._last_prompt_states(batch)
+                elif isinstance(resume, MlpDownRows):
+                    if not self.resume_keeps_vision:
+                        text = {k: batch.inputs[k] for k in ("input_ids", "attention_mask")}
+                        batch = VLMBatch(text, batch.answer_spans, batch.has_image)
+                    states = self._states_above_mlp_down(batch, resume.store, [resume.rows[i] for i in group])
                 else:
                     mine = [resume[i] for i in group]
                     if not self.resume_keeps_vision:
@@ -686,13 +706,13 @@ class VLMAdapter(abc.ABC):
         return dict(self.model.named_modules()).get(f"{self.module_names().layers[layer]}.post_attention_layernorm")
 
     def resumes_after_mlp_down(self, layer: int) -> bool:
-        """Whether `mlp_down_inputs` / `after_mlp_down` serve decoder `layer` (a layer below the last)."""
+        """Whether `mlp_down_inputs` and resuming above them serve decoder `layer` (a layer below the last)."""
         return self.resumes_at_layer and 0 <= layer < self.num_layers - 1 and \
             self._residual_before_mlp(layer) is not None
 
-    def mlp_down_inputs(self, items: Sequence[VLMInput], layer: int) -> list[MlpDownInput]:
+    def mlp_down_inputs(self, items: Sequence[VLMInput], layer: int) -> MlpDownStore:
         """The residual and the down-projection input of decoder `layer` for every item's prompt on the current
-        model, for `after_mlp_down`."""
+        model (row k: item k), for `hidden_states(..., resume=store.rows(...))`."""
         if not self.resumes_after_mlp_down(layer):
             raise MMUnlearnError(f"{type(self).__name__} cannot resume after the MLP of layer {layer}")
         norm = self._residual_before_mlp(layer)
@@ -705,7 +725,7 @@ class VLMAdapter(abc.ABC):
             return hook
 
         handles = [norm.register_forward_pre_hook(keep("residual")), down.register_forward_pre_hook(keep("down"))]
-        out: list[MlpDownInput | None] = [None] * len(items)
+        rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * len(items)
         try:
             with torch.no_grad():
                 for group in self._groups(len(items), [it.image is not None for it in items]):
@@ -716,43 +736,39 @@ class VLMAdapter(abc.ABC):
                     lengths = batch.inputs["attention_mask"].sum(-1).tolist()
                     width = captured["residual"].shape[1]
                     for b, i in enumerate(group):
-                        keep_from = width - int(lengths[b])
-                        out[i] = MlpDownInput(layer, captured["residual"][b, keep_from:].cpu(),
-                                              captured["down"][b, keep_from:].cpu(), lower[b])
+                        start = width - int(lengths[b])
+                        rows[i] = (captured["residual"][b, start:].cpu(), captured["down"][b, start:].cpu(), lower[b])
         finally:
             for handle in handles:
                 handle.remove()
-        return out  # type: ignore[return-value]
+        done = [r for r in rows if r is not None]
+        width = max(r[0].shape[0] for r in done)
+        residual = torch.zeros((len(done), width, done[0][0].shape[-1]), dtype=done[0][0].dtype)
+        down_input = torch.zeros((len(done), width, done[0][1].shape[-1]), dtype=done[0][1].dtype)
+        for k, (res, inp, _) in enumerate(done):
+            residual[k, width - res.shape[0]:] = res
+            down_input[k, width - inp.shape[0]:] = inp
+        return MlpDownStore(layer, residual, down_input, torch.tensor([r[0].shape[0] for r in done]),
+                            torch.stack([r[2] for r in done]))
 
-    def after_mlp_down(self, inputs: Sequence[MlpDownInput]) -> list[LayerInput]:
-        """Each prompt's input of decoder layer `inputs[0].layer + 1` on the current model, which must equal the
-        model the inputs came from except in that down-projection: `residual + projection(down_input)`, with
-        the current projection (routed per row by the batch hook, like any other call). For `hidden_states(...,
-        resume=...)`."""
-        if not inputs:
-            return []
-        layer = inputs[0].layer
-        if any(r.layer != layer for r in inputs):
-            raise MMUnlearnError("after_mlp_down: every input must come from one layer")
-        down = self.model.get_submodule(self.module_names().mlp_down[layer])
+    def _states_above_mlp_down(self, batch: VLMBatch, store: MlpDownStore, rows: Sequence[int]) -> list[torch.Tensor]:
+        """`_last_prompt_states` of a text-only `batch` whose prompts are `rows` of `store`, on a model that
+        differs from the store's only in that down-projection (the current one, routed like any call)."""
+        index = torch.tensor(list(rows), dtype=torch.long)
+        mask = batch.inputs["attention_mask"]
+        if not torch.equal(store.lengths[index], mask.sum(-1).cpu()):
+            raise MMUnlearnError("resume: a row's prompt positions differ from its stored inputs' (another prompt?)")
+        width, stored_width = mask.shape[1], store.residual.shape[1]
+        down = self.model.get_submodule(self.module_names().mlp_down[store.layer])
         device = next(down.parameters()).device
-        out: list[LayerInput | None] = [None] * len(inputs)
-        with torch.no_grad():
-            for group in self._groups(len(inputs), [True] * len(inputs)):
-                width = max(inputs[i].residual.shape[0] for i in group)
-                residual = torch.zeros((len(group), width, inputs[group[0]].residual.shape[-1]), dtype=self.dtype)
-                down_in = torch.zeros((len(group), width, inputs[group[0]].down_input.shape[-1]), dtype=self.dtype)
-                for b, i in enumerate(group):
-                    n = inputs[i].residual.shape[0]
-                    residual[b, width - n:] = inputs[i].residual
-                    down_in[b, width - n:] = inputs[i].down_input
-                states = (residual.to(device) + down(down_in.to(device))).cpu()
-                for b, i in enumerate(group):
-                    n = inputs[i].residual.shape[0]
-                    row = states[b, width - n:]
-                    lower = torch.cat([inputs[i].lower, row[-1:].float()])
-                    out[i] = LayerInput(layer + 1, row, lower)
-        return out  # type: ignore[return-value]
+        layer_input = store.residual[index, stored_width - width:].to(device) + \
+            down(store.down_input[index, stored_width - width:].to(device))
+        with self._replaying(store.layer + 1, layer_input):
+            states = self._last_prompt_states(batch)
+        # Entries 0..layer: the stored ones (the skipped layers only passed their input on).
+        below = store.lower[index].to(states[0].device, states[0].dtype)
+        states[:store.layer + 1] = below.unbind(1)
+        return states
 
     @contextlib.contextmanager
     def _resumed(self, batch: VLMBatch, inputs: Sequence[LayerInput]) -> Iterator[None]:
@@ -864,11 +880,13 @@ class VLMAdapter(abc.ABC):
         with self._replaying(int(batch.layer), batch.layer_input):
             return self.model(**inputs, **kwargs)
 
-    def hidden_states(self, items: Sequence[VLMInput], resume: Sequence[LayerInput] | None = None) -> torch.Tensor:
+    def hidden_states(self, items: Sequence[VLMInput],
+                      resume: Sequence[LayerInput] | MlpDownRows | None = None) -> torch.Tensor:
         """Residual stream at the last prompt position for every layer: [batch, n_layers + 1, hidden], fp32.
 
         `resume`: one `LayerInput` per item, taken from a model that equals the current one below their layer
-        (e.g. before an edit of that layer or above); the forward then runs only from that layer up.
+        (e.g. before an edit of that layer or above); the forward then runs only from that layer up. Or rows of
+        an `MlpDownStore` from a model that differs from the current one only in that down-projection.
         """
         return self._probe(items, hidden=True, lens=False, resume=resume)[0]
 
