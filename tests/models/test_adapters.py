@@ -344,6 +344,9 @@ def test_resuming_above_a_changed_down_projection_equals_the_whole_forward(adapt
     before = adapter.hidden_states(ITEMS)
     assert torch.allclose(store.lower, before[:, :layer + 1])
     assert store.lengths.tolist() == [len(adapter.encode(it, for_generation=True).input_ids) for it in ITEMS]
+    formatted, text = adapter.format(ITEMS, for_generation=True), store.text_batch(range(len(ITEMS)))
+    for key in ("input_ids", "attention_mask"):
+        assert torch.equal(text.inputs[key], formatted.inputs[key].cpu()), key
     down = adapter.model.get_submodule(adapter.module_names().mlp_down[layer]).weight
     saved = down.detach().clone()
     try:

@@ -210,9 +210,20 @@ class MlpDownStore:
     down_input: torch.Tensor
     lengths: torch.Tensor
     lower: torch.Tensor
+    input_ids: torch.Tensor  # [n, width], left-padded: the prompts' tokens, so resumed rows need no encoding
 
     def rows(self, indices: Sequence[int]) -> MlpDownRows:
         return MlpDownRows(self, tuple(int(i) for i in indices))
+
+    def text_batch(self, rows: Sequence[int]) -> VLMBatch:
+        """The text part (ids, mask) of a generation batch of these rows' prompts, as `format` pads it."""
+        index = torch.tensor(list(rows), dtype=torch.long)
+        lengths = self.lengths[index]
+        width = int(lengths.max())
+        ids = self.input_ids[index, self.input_ids.shape[1] - width:]
+        mask = (torch.arange(width)[None, :] >= (width - lengths)[:, None]).long()
+        return VLMBatch({"input_ids": ids, "attention_mask": mask}, [(width, width)] * len(index),
+                        [False] * len(index))
 
 
 @dataclass(frozen=True)
@@ -624,15 +635,20 @@ class VLMAdapter(abc.ABC):
         l_blocks: list[torch.Tensor] = []
         with torch.no_grad():
             for group in self._groups(len(items), [it.image is not None for it in items]):
-                batch = self.format([items[i] for i in group], for_generation=True)
-                if resume is None:
+                if isinstance(resume, MlpDownRows):
+                    mine = [resume.rows[i] for i in group]
+                    # Without vision inputs only the text part runs, and the store has its tokens.
+                    if self.resume_keeps_vision:
+                        batch = self.format([items[i] for i in group], for_generation=True)
+                    else:
+                        text = resume.store.text_batch(mine)
+                        batch = VLMBatch(self._to_device(text.inputs), text.answer_spans, text.has_image)
+                    states = self._states_above_mlp_down(batch, resume.store, mine)
+                elif resume is None:
+                    batch = self.format([items[i] for i in group], for_generation=True)
                     states = self._last_prompt_states(batch)
-                elif isinstance(resume, MlpDownRows):
-                    if not self.resume_keeps_vision:
-                        text = {k: batch.inputs[k] for k in ("input_ids", "attention_mask")}
-                        batch = VLMBatch(text, batch.answer_spans, batch.has_image)
-                    states = self._states_above_mlp_down(batch, resume.store, [resume.rows[i] for i in group])
                 else:
+                    batch = self.format([items[i] for i in group], for_generation=True)
                     mine = [resume[i] for i in group]
                     if not self.resume_keeps_vision:
                         text = {k: batch.inputs[k] for k in ("input_ids", "attention_mask")}
@@ -725,7 +741,7 @@ class VLMAdapter(abc.ABC):
             return hook
 
         handles = [norm.register_forward_pre_hook(keep("residual")), down.register_forward_pre_hook(keep("down"))]
-        rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * len(items)
+        rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * len(items)
         try:
             with torch.no_grad():
                 for group in self._groups(len(items), [it.image is not None for it in items]):
@@ -735,9 +751,11 @@ class VLMAdapter(abc.ABC):
                     lower = torch.stack(states[:layer + 1], dim=1).float().cpu()
                     lengths = batch.inputs["attention_mask"].sum(-1).tolist()
                     width = captured["residual"].shape[1]
+                    ids = batch.inputs["input_ids"]
                     for b, i in enumerate(group):
                         start = width - int(lengths[b])
-                        rows[i] = (captured["residual"][b, start:].cpu(), captured["down"][b, start:].cpu(), lower[b])
+                        rows[i] = (captured["residual"][b, start:].cpu(), captured["down"][b, start:].cpu(), lower[b],
+                                   ids[b, start:].cpu())
         finally:
             for handle in handles:
                 handle.remove()
@@ -745,11 +763,13 @@ class VLMAdapter(abc.ABC):
         width = max(r[0].shape[0] for r in done)
         residual = torch.zeros((len(done), width, done[0][0].shape[-1]), dtype=done[0][0].dtype)
         down_input = torch.zeros((len(done), width, done[0][1].shape[-1]), dtype=done[0][1].dtype)
-        for k, (res, inp, _) in enumerate(done):
+        input_ids = torch.full((len(done), width), self.pad_token_id, dtype=torch.long)
+        for k, (res, inp, _, ids) in enumerate(done):
             residual[k, width - res.shape[0]:] = res
             down_input[k, width - inp.shape[0]:] = inp
+            input_ids[k, width - ids.shape[0]:] = ids
         return MlpDownStore(layer, residual, down_input, torch.tensor([r[0].shape[0] for r in done]),
-                            torch.stack([r[2] for r in done]))
+                            torch.stack([r[2] for r in done]), input_ids)
 
     def _states_above_mlp_down(self, batch: VLMBatch, store: MlpDownStore, rows: Sequence[int]) -> list[torch.Tensor]:
         """`_last_prompt_states` of a text-only `batch` whose prompts are `rows` of `store`, on a model that
