@@ -47,7 +47,7 @@ def decode_dropping_finished(model: Any, inputs: dict[str, Any], max_new_tokens:
                              forward_kwargs: dict[str, Any], sampler: RowSeededSampler | None = None,
                              on_rows: Callable[[list[int]], None] | None = None,
                              prefill_scope: Callable[[], AbstractContextManager[Any]] = nullcontext,
-                             ) -> list[list[int]]:
+                             expand: torch.Tensor | None = None) -> list[list[int]]:
     """New token ids per row (each ending at its first stop token, or at `max_new_tokens`).
 
     `inputs`: left-padded `input_ids` / `attention_mask` plus the model's other inputs, or, with a KV cache
@@ -55,6 +55,10 @@ def decode_dropping_finished(model: Any, inputs: dict[str, Any], max_new_tokens:
     hears the original row indices still in the batch before every forward pass that follows a drop, so a
     per-row router (one edit per fact) follows the rows. The prompt's forward pass runs inside
     `prefill_scope()`, which may skip work whose output only the last position would read.
+
+    `expand` (several samples of one prompt): row k of the output decodes from prompt `expand[k]` of `inputs`;
+    each prompt runs once, its next-token scores and KV cache are copied to its rows, and `on_rows` hears all
+    of them (0..len(expand) - 1) before the first step that runs them.
     """
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
     n = ids.shape[0]
@@ -68,13 +72,20 @@ def decode_dropping_finished(model: Any, inputs: dict[str, Any], max_new_tokens:
         out = model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:],
                     use_cache=True, **{CACHE: cache}, **forward_kwargs)
     cache = out[CACHE]
+    logits = out.logits[:, -1]
+    # The prompts' cache rows each sample row reads; copied once, after the first step's drops.
+    pending: torch.Tensor | None = None
+    if expand is not None:
+        pending = expand.to(device)
+        logits, mask, positions = logits[pending], mask[pending], positions[pending]
+        n = int(pending.shape[0])
     stops = torch.tensor(list(stop_ids), device=device)
     alive = torch.arange(n, device=device)
     next_position = positions[:, -1] + 1
     seeds = sampler.seeds.to(device) if sampler is not None else None
     tokens: list[list[int]] = [[] for _ in range(n)]
     for step in range(max_new_tokens):
-        scores = out.logits[:, -1].to(dtype=torch.float32, copy=True)
+        scores = logits.to(dtype=torch.float32, copy=True)
         if sampler is not None:
             scores = sampler.perturb(scores, seeds, step)
         chosen = scores.argmax(-1)
@@ -86,13 +97,22 @@ def decode_dropping_finished(model: Any, inputs: dict[str, Any], max_new_tokens:
         if not bool(going.all()):
             keep = going.nonzero().squeeze(1)
             alive, chosen, mask, next_position = alive[keep], chosen[keep], mask[keep], next_position[keep]
-            cache.batch_select_indices(keep)
+            if pending is None:
+                cache.batch_select_indices(keep)
+            else:
+                pending = pending[keep]
             if seeds is not None:
                 seeds = seeds[keep]
             if on_rows is not None:
                 on_rows(alive.tolist())
+        elif pending is not None and on_rows is not None:
+            on_rows(alive.tolist())
+        if pending is not None:
+            cache.batch_select_indices(pending)
+            pending = None
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
         out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_position[:, None],
                     use_cache=True, **{CACHE: cache}, **forward_kwargs)
+        logits = out.logits[:, -1]
         next_position = next_position + 1
     return tokens

@@ -998,16 +998,28 @@ class VLMAdapter(abc.ABC):
             batch = self.format([items[i] for i in (group if shared else expanded)], for_generation=True)
             width = batch.inputs["input_ids"].shape[1]
             sampler = RowSeededSampler(flat_seeds, width, temperature, top_p)
+            repeat = None
             if shared:
                 repeat = torch.tensor([k for k, i in enumerate(group) for _ in seeds[i]], device=self.device)
                 self._route(group)
-                inputs = self._prefilled(batch, repeat)
+                if self._drops_rows():  # the loop prefills each prompt once and copies it to its samples
+                    inputs = batch.model_inputs()
+                else:
+                    inputs = self._prefilled(batch, repeat)
+                    repeat = None
+                    self._route(expanded)
             else:
                 inputs = batch.model_inputs()
-            self._route(expanded)
-            for i, text in zip(expanded, self._decode_batch(inputs, max_new_tokens, sampler, rows=expanded)):
+                self._route(expanded)
+            texts = self._decode_batch(inputs, max_new_tokens, sampler, rows=expanded, expand=repeat)
+            for i, text in zip(expanded, texts):
                 results[i].append(text)
         return results
+
+    def _drops_rows(self) -> bool:
+        from mmunlearn.models.compact_decoding import plain_generation_config
+
+        return self.drops_finished_rows and plain_generation_config(getattr(self.model, "generation_config", None))
 
     def _sample_groups(self, items: Sequence[VLMInput], seeds: Sequence[Sequence[int]]) -> Iterator[list[int]]:
         """Item groups of at most `batch_size` samples in all (one item at least); split by modality where the
@@ -1051,23 +1063,27 @@ class VLMAdapter(abc.ABC):
         return {"input_ids": ids[repeat], "attention_mask": mask[repeat], CACHE: cache}
 
     def _decode_batch(self, inputs: dict[str, Any], max_new_tokens: int, sampler: RowSeededSampler | None = None,
-                      rows: list[int] | None = None) -> list[str]:
+                      rows: list[int] | None = None, expand: torch.Tensor | None = None) -> list[str]:
         """Greedy decoding of prepared inputs (`sampler` turns it into row-seeded sampling), decoded.
 
         Families with `drops_finished_rows` decode in a loop that stops computing a row once it has stopped
         (`compact_decoding`), unless the model's generation config adds logits processors of its own; the
-        others, and those, call `generate`. `rows`: the item index of each row, for the batch hook.
+        others, and those, call `generate`. `rows`: the item index of each row, for the batch hook; `expand`
+        (the loop only): row k decodes from prompt `expand[k]` of `inputs`.
         """
         from transformers import LogitsProcessorList
 
-        from mmunlearn.models.compact_decoding import decode_dropping_finished, plain_generation_config
+        from mmunlearn.models.compact_decoding import decode_dropping_finished
 
-        if self.drops_finished_rows and plain_generation_config(getattr(self.model, "generation_config", None)):
+        if self._drops_rows():
             route = None if self._batch_hook is None or rows is None else \
                 (lambda kept: self._route([rows[k] for k in kept]))
             tokens = decode_dropping_finished(self.model, inputs, max_new_tokens, self.stop_token_ids,
-                                              self._forward_kwargs(), sampler, route, self._last_position_mlp)
+                                              self._forward_kwargs(), sampler, route, self._last_position_mlp,
+                                              expand)
             return [self._decode(row) for row in tokens]
+        if expand is not None:
+            raise MMUnlearnError("_decode_batch: expand needs the decoding loop that drops finished rows")
         width = inputs["input_ids"].shape[1]
         extra = {} if sampler is None else {"logits_processor": LogitsProcessorList([sampler])}
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
