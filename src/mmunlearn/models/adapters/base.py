@@ -695,26 +695,32 @@ class VLMAdapter(abc.ABC):
         if not 1 <= layer < self.num_layers:
             raise ConfigError(f"layer_inputs: layer {layer} is outside 1..{self.num_layers - 1}")
         out: list[LayerInput | None] = [None] * len(items)
-        captured: list[torch.Tensor] = []
+        captured: dict[str, torch.Tensor] = {}
 
         def keep(module: nn.Module, args: tuple, kwargs: dict) -> None:
-            captured.append((args[0] if args else kwargs["hidden_states"]).detach())
+            captured["input"] = (args[0] if args else kwargs["hidden_states"]).detach()
 
         handle = self._decoder_layer(layer).register_forward_pre_hook(keep, with_kwargs=True)
         try:
-            with torch.no_grad():
-                for group in self._groups(len(items), [it.image is not None for it in items]):
-                    batch = self.format([items[i] for i in group], for_generation=True)
-                    captured.clear()
-                    states = self._last_prompt_states(batch)
-                    lower = torch.stack(states[:layer + 1], dim=1).float().cpu()
-                    lengths = batch.inputs["attention_mask"].sum(-1).tolist()
-                    for b, i in enumerate(group):
-                        seq = captured[0][b, captured[0].shape[1] - int(lengths[b]):].cpu()
-                        out[i] = LayerInput(layer, seq, lower[b])
+            for group, _, lower, lengths in self._prompt_passes(items, layer):
+                width = captured["input"].shape[1]
+                for b, i in enumerate(group):
+                    out[i] = LayerInput(layer, captured["input"][b, width - lengths[b]:].cpu(), lower[b])
         finally:
             handle.remove()
         return out  # type: ignore[return-value]
+
+    def _prompt_passes(self, items: Sequence[VLMInput],
+                       layer: int) -> Iterator[tuple[list[int], VLMBatch, torch.Tensor, list[int]]]:
+        """One forward pass (no gradients) per adapter batch of the items' generation prompts, for hooks the
+        caller has set: each batch's item indices, the batch, its last-position hidden-state entries
+        0..`layer` `[batch, layer + 1, hidden]` (fp32, CPU) and its prompts' lengths."""
+        with torch.no_grad():
+            for group in self._groups(len(items), [it.image is not None for it in items]):
+                batch = self.format([items[i] for i in group], for_generation=True)
+                states = self._last_prompt_states(batch)
+                lower = torch.stack(states[:layer + 1], dim=1).float().cpu()
+                yield group, batch, lower, [int(n) for n in batch.inputs["attention_mask"].sum(-1).tolist()]
 
     def _residual_before_mlp(self, layer: int) -> nn.Module | None:
         """The module whose input is decoder `layer`'s residual after attention, where the MLP's output is
@@ -743,19 +749,13 @@ class VLMAdapter(abc.ABC):
         handles = [norm.register_forward_pre_hook(keep("residual")), down.register_forward_pre_hook(keep("down"))]
         rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None] = [None] * len(items)
         try:
-            with torch.no_grad():
-                for group in self._groups(len(items), [it.image is not None for it in items]):
-                    batch = self.format([items[i] for i in group], for_generation=True)
-                    captured.clear()
-                    states = self._last_prompt_states(batch)
-                    lower = torch.stack(states[:layer + 1], dim=1).float().cpu()
-                    lengths = batch.inputs["attention_mask"].sum(-1).tolist()
-                    width = captured["residual"].shape[1]
-                    ids = batch.inputs["input_ids"]
-                    for b, i in enumerate(group):
-                        start = width - int(lengths[b])
-                        rows[i] = (captured["residual"][b, start:].cpu(), captured["down"][b, start:].cpu(), lower[b],
-                                   ids[b, start:].cpu())
+            for group, batch, lower, lengths in self._prompt_passes(items, layer):
+                width = captured["residual"].shape[1]
+                ids = batch.inputs["input_ids"]
+                for b, i in enumerate(group):
+                    start = width - lengths[b]
+                    rows[i] = (captured["residual"][b, start:].cpu(), captured["down"][b, start:].cpu(), lower[b],
+                               ids[b, start:].cpu())
         finally:
             for handle in handles:
                 handle.remove()
