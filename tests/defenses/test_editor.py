@@ -152,8 +152,16 @@ def test_forward_terms_are_the_per_row_sums_of_answer_log_probs(micro_adapter, m
     width = batch.inputs["input_ids"].shape[1]
     assert 0 < kept["logits_to_keep"] < width and offset == width - kept["logits_to_keep"]
     head = micro_adapter.model.get_output_embeddings().weight
-    terms = forward_terms(micro_adapter, batch, None)
-    (fast,) = torch.autograd.grad(terms.target_logprob.sum(), head)
+    last_down = micro_adapter.model.get_submodule(micro_adapter.module_names().mlp_down[-1]).weight
+    widths: list[int] = []  # the last layer's MLP runs at the kept positions alone
+    hook = micro_adapter.model.get_submodule(micro_adapter.module_names().mlp_down[-1]).register_forward_pre_hook(
+        lambda module, args: widths.append(int(args[0].shape[1])))
+    try:
+        terms = forward_terms(micro_adapter, batch, None)
+    finally:
+        hook.remove()
+    assert widths == [kept["logits_to_keep"]]
+    fast, fast_down = torch.autograd.grad(terms.target_logprob.sum(), [head, last_down])
     logits = micro_adapter.model(**batch.model_inputs()).logits.float()
     ids, stops = batch.inputs["input_ids"], set(micro_adapter.stop_token_ids)
     hand = []
@@ -164,5 +172,5 @@ def test_forward_terms_are_the_per_row_sums_of_answer_log_probs(micro_adapter, m
         assert int(terms.target_token[b]) == target[0]
     assert len({len(a.split()) for a in answers}) == 3
     assert torch.allclose(terms.target_logprob, torch.stack(hand), atol=1e-5)
-    (slow,) = torch.autograd.grad(torch.stack(hand).sum(), head)
-    assert torch.allclose(fast, slow, atol=1e-5)
+    slow, slow_down = torch.autograd.grad(torch.stack(hand).sum(), [head, last_down])
+    assert torch.allclose(fast, slow, atol=1e-5) and torch.allclose(fast_down, slow_down, atol=1e-5)

@@ -253,7 +253,8 @@ def forward_terms(adapter: VLMAdapter, items: Sequence[VLMInput] | VLMBatch,
     """
     batch = items if isinstance(items, VLMBatch) else adapter.format(list(items), for_generation=False)
     kept, offset = adapter.answer_logits(batch)
-    out = adapter.forward_batch(batch, output_hidden_states=lens_layers is not None, **kept)
+    with adapter.reading_last(kept.get("logits_to_keep", batch.inputs["input_ids"].shape[1])):
+        out = adapter.forward_batch(batch, output_hidden_states=lens_layers is not None, **kept)
     ids = batch.inputs["input_ids"]
     stops = set(adapter.stop_token_ids)
     # Every answer token at once: one gather from the logits (slicing them row by row made the backward pass

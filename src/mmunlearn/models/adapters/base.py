@@ -597,7 +597,8 @@ class VLMAdapter(abc.ABC):
         for group in self._groups(len(items), [it.image is not None for it in items]):
             batch = self.format([items[i] for i in group], for_generation=False)
             kept, offset = self.answer_logits(batch)
-            logits = self.model(**batch.model_inputs(), **kept).logits
+            with self._last_position_mlp(kept.get("logits_to_keep", batch.inputs["input_ids"].shape[1])):
+                logits = self.model(**batch.model_inputs(), **kept).logits
             ids = batch.inputs["input_ids"]
             for b, i in enumerate(group):
                 start, end = batch.answer_spans[b]
@@ -811,14 +812,15 @@ class VLMAdapter(abc.ABC):
             yield
 
     @contextlib.contextmanager
-    def _last_position_mlp(self) -> Iterator[None]:
-        """Inside, the last decoder layer's MLP runs at the last position only (the others get zeros).
+    def _last_position_mlp(self, keep: int = 1) -> Iterator[None]:
+        """Inside, the last decoder layer's MLP runs at the last `keep` positions only (the others get zeros).
 
-        For forward passes that read nothing but the last position's output (its hidden states and logit lens,
-        the next token) and the KV cache: the MLP acts on each position alone and nothing after it mixes
-        positions, so the last position comes out as before, and the cache holds keys and values computed
-        before the MLP. The last layer's MLP at every other position, about a fifth of a prompt's decoder
-        arithmetic for a 4-layer model, is skipped.
+        For forward passes that read nothing but those positions' outputs (the last position's hidden states and
+        logit lens, the next token, the logits of answers that end every left-padded row) and the KV cache: the
+        MLP acts on each position alone and nothing after it mixes positions, so the kept positions come out as
+        before (and so do their gradients), and the cache holds keys and values computed before the MLP. The
+        last layer's MLP at every other position, about a fifth of a prompt's decoder arithmetic for a 4-layer
+        model, is skipped.
         """
         mlp = dict(self.model.named_modules()).get(f"{self.module_names().layers[-1]}.mlp")
         if mlp is None:
@@ -827,17 +829,21 @@ class VLMAdapter(abc.ABC):
         whole = mlp.forward
 
         def last_only(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-            if x.dim() != 3 or x.shape[1] == 1:
+            if x.dim() != 3 or x.shape[1] <= keep:
                 return whole(x, *args, **kwargs)
-            out = torch.zeros_like(x)
-            out[:, -1:] = whole(x[:, -1:], *args, **kwargs)
-            return out
+            kept = whole(x[:, -keep:], *args, **kwargs)
+            return torch.cat([kept.new_zeros(x.shape[0], x.shape[1] - keep, kept.shape[-1]), kept], dim=1)
 
         mlp.forward = last_only  # type: ignore[method-assign]
         try:
             yield
         finally:
             del mlp.forward
+
+    def reading_last(self, keep: int) -> contextlib.AbstractContextManager[None]:
+        """Inside, forward passes may skip work whose output only positions before the last `keep` would read
+        (for training on answers at the end of left-padded rows; see `answer_logits`)."""
+        return self._last_position_mlp(keep)
 
     @contextlib.contextmanager
     def _replaying(self, layer: int, stored: torch.Tensor) -> Iterator[None]:
