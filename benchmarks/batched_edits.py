@@ -24,7 +24,7 @@ from common import SHAPES, clock, machine, unlok_setup
 
 from mmunlearn.attacks.relearning import Relearning
 from mmunlearn.defenses.batched_editor import BatchedEditor, lora_init
-from mmunlearn.defenses.editor import EditExamples, Editor, lowest_layer
+from mmunlearn.defenses.editor import EditExamples, Editor
 from mmunlearn.experiments.unlok import build_components, protocol_config
 from mmunlearn.experiments.unlok_protocol import Protocol, target_string
 from mmunlearn.models.adapters.base import VLMInput
@@ -54,7 +54,6 @@ def protocol_side_by_side(cfg, adapter, benchmark, n_facts: int, slots: int) -> 
     with Editor(adapter, edit_config) as editor:
         init = lora_init(editor)
         protocol = Protocol(adapter, benchmark, editor, defenses, attacks, config, relearner(),
-                            edited_from=lowest_layer(adapter, editor.module_names),
                             edited_modules=editor.module_names)
         protocol.prime()
         t0 = clock(adapter)
@@ -62,7 +61,6 @@ def protocol_side_by_side(cfg, adapter, benchmark, n_facts: int, slots: int) -> 
         seq_seconds = clock(adapter) - t0
     with BatchedEditor(adapter, edit_config, slots=slots, init=init) as batched:
         protocol = Protocol(adapter, benchmark, None, defenses, attacks, config, relearner(batched.router),
-                            edited_from=lowest_layer(adapter, batched.module_names),
                             edited_modules=batched.module_names)
         protocol.prime()
         t0 = clock(adapter)

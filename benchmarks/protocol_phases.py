@@ -25,7 +25,6 @@ from common import unlok_setup
 import mmunlearn.experiments.unlok_protocol as protocol_module
 from mmunlearn.attacks.relearning import Relearning
 from mmunlearn.defenses.batched_editor import BatchedEditor
-from mmunlearn.defenses.editor import lowest_layer
 from mmunlearn.experiments.unlok import build_components, edit_overrides, protocol_config
 from mmunlearn.experiments.unlok_protocol import Protocol
 
@@ -72,7 +71,6 @@ def main() -> None:
                              router=editor.router) if relearn_config else None
         protocol = Protocol(adapter, benchmark, None, defenses, attacks, config, relearn,
                             edit_overrides=edit_overrides(cfg, defenses),
-                            edited_from=lowest_layer(adapter, editor.module_names),
                             edited_modules=editor.module_names)
         t0 = time.perf_counter()
         protocol.prime()

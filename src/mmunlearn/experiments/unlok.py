@@ -23,7 +23,7 @@ from mmunlearn.attacks.registry import Attack, get_attack
 from mmunlearn.attacks.relearning import RelearnConfig, Relearning
 from mmunlearn.data.records import Benchmark
 from mmunlearn.defenses.batched_editor import BatchedEditor
-from mmunlearn.defenses.editor import EditConfig, Editor, lowest_layer
+from mmunlearn.defenses.editor import EditConfig, Editor
 from mmunlearn.defenses.losses import Defense, get_defense
 from mmunlearn.errors import ConfigError, MMUnlearnError
 from mmunlearn.experiments.unlok_protocol import Protocol, ProtocolConfig
@@ -203,7 +203,6 @@ class GroupRunner:
                              router=editor.router if routed else None) if self.relearn_config else None
         self.protocol = Protocol(self.adapter, self.benchmark, None if routed else editor, self.defenses,
                                  self.attacks, self.config, relearn, edit_overrides=self.overrides,
-                                 edited_from=lowest_layer(self.adapter, editor.module_names),
                                  edited_modules=editor.module_names)
         return self
 

@@ -19,7 +19,7 @@ from mmunlearn.attacks.registry import Attack, Slot
 from mmunlearn.attacks.relearning import Relearning
 from mmunlearn.data.records import Benchmark, FactRecord
 from mmunlearn.defenses.batched_editor import BatchedEditor
-from mmunlearn.defenses.editor import EditExamples, Editor
+from mmunlearn.defenses.editor import EditExamples, Editor, lowest_layer
 from mmunlearn.defenses.losses import Defense
 from mmunlearn.errors import ConfigError
 from mmunlearn.metrics.accuracy import contains_answer
@@ -98,9 +98,10 @@ class Protocol:
                  attacks: dict[str, Attack], config: ProtocolConfig, relearn: Relearning | None = None,
                  edit_overrides: dict[str, dict[str, Any]] | None = None, edited_from: int | None = None,
                  edited_modules: Sequence[str] = ()) -> None:
-        """`edited_from`: the lowest decoder layer any edit changes (None: unknown). Below it every edited model
-        equals the unedited one, so the probe's training states resume there (`prime`); when the edits change
-        nothing but that layer's MLP down-projection (`edited_modules`), they resume just above it."""
+        """`edited_modules`: the modules every edit changes; `edited_from`: the lowest decoder layer among them
+        (by default read from `edited_modules`; None: unknown). Below it every edited model equals the unedited
+        one, so the probe's training states resume there (`prime`); when the edits change nothing but that
+        layer's MLP down-projection, they resume just above it."""
         self.adapter = adapter
         self.benchmark = benchmark
         self.editor = editor
@@ -110,8 +111,10 @@ class Protocol:
         self.relearn = relearn
         self.edit_overrides = edit_overrides or {}  # defense name -> {lr, steps} replacing the editor's
         self._pre_cache: StateCache = {}  # probe states of the unedited model, shared by every fact
-        self.edited_from = edited_from
         self.edited_modules = tuple(edited_modules)
+        if edited_from is None and self.edited_modules:
+            edited_from = lowest_layer(adapter, self.edited_modules)
+        self.edited_from = edited_from
         # record id -> input of layer `edited_from` on the unedited model (or the rows above its down-projection)
         self._layer_inputs: dict[str, LayerInput] | AboveDown = {}
         self._check_empty_answer()

@@ -597,7 +597,7 @@ class VLMAdapter(abc.ABC):
         for group in self._groups(len(items), [it.image is not None for it in items]):
             batch = self.format([items[i] for i in group], for_generation=False)
             kept, offset = self.answer_logits(batch)
-            with self._last_position_mlp(kept.get("logits_to_keep", batch.inputs["input_ids"].shape[1])):
+            with self.reading_last(kept.get("logits_to_keep", batch.inputs["input_ids"].shape[1])):
                 logits = self.model(**batch.model_inputs(), **kept).logits
             ids = batch.inputs["input_ids"]
             for b, i in enumerate(group):
@@ -611,7 +611,7 @@ class VLMAdapter(abc.ABC):
         return results  # type: ignore[return-value]
 
     def _last_prompt_states(self, batch: VLMBatch) -> list[torch.Tensor]:
-        with self._last_position_mlp():
+        with self.reading_last():
             out = self.model(**batch.model_inputs(), output_hidden_states=True, **self._forward_kwargs())
         states = None if out.hidden_states is None else self._complete_hidden_states(list(out.hidden_states))
         expected = self.num_layers + 1
@@ -812,7 +812,7 @@ class VLMAdapter(abc.ABC):
             yield
 
     @contextlib.contextmanager
-    def _last_position_mlp(self, keep: int = 1) -> Iterator[None]:
+    def reading_last(self, keep: int = 1) -> Iterator[None]:
         """Inside, the last decoder layer's MLP runs at the last `keep` positions only (the others get zeros).
 
         For forward passes that read nothing but those positions' outputs (the last position's hidden states and
@@ -839,11 +839,6 @@ class VLMAdapter(abc.ABC):
             yield
         finally:
             del mlp.forward
-
-    def reading_last(self, keep: int) -> contextlib.AbstractContextManager[None]:
-        """Inside, forward passes may skip work whose output only positions before the last `keep` would read
-        (for training on answers at the end of left-padded rows; see `answer_logits`)."""
-        return self._last_position_mlp(keep)
 
     @contextlib.contextmanager
     def _replaying(self, layer: int, stored: torch.Tensor) -> Iterator[None]:
@@ -1062,7 +1057,7 @@ class VLMAdapter(abc.ABC):
         # Positions exactly as `generate` derives them from the mask, so the cached keys match its own.
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
         prefix = {k: (v[:, :-1] if k in ("input_ids", "attention_mask") else v) for k, v in inputs.items()}
-        with self._last_position_mlp():  # only the cache is kept
+        with self.reading_last():  # only the cache is kept
             out = self.model(**prefix, position_ids=positions[:, :-1], use_cache=True, **self._forward_kwargs())
         cache = out[CACHE]
         cache.reorder_cache(repeat)
@@ -1085,7 +1080,7 @@ class VLMAdapter(abc.ABC):
             route = None if self._batch_hook is None or rows is None else \
                 (lambda kept: self._route([rows[k] for k in kept]))
             tokens = decode_dropping_finished(self.model, inputs, max_new_tokens, self.stop_token_ids,
-                                              self._forward_kwargs(), sampler, route, self._last_position_mlp,
+                                              self._forward_kwargs(), sampler, route, self.reading_last,
                                               expand)
             return [self._decode(row) for row in tokens]
         if expand is not None:
