@@ -256,6 +256,24 @@ def test_fit_probe_recovers_a_planted_linear_signal() -> None:
     assert unseen.rank_top == [None, None, None] and not unseen.topk
 
 
+@pytest.mark.parametrize("n_per_class", [2, 20])  # 6 rows (the dual form) and 60 rows (the primal) of 12 dims
+def test_fit_probes_equal_the_textbook_ridge_solution(n_per_class: int) -> None:
+    states, labels, _ = _planted(n_per_class, [5, 9, 11])
+    states = states * 40.0 + 300.0  # large means: the primal form's uncentred Gram must still cancel them
+    probe = fit_probe(states, labels, ridge=1e-2)
+    x = states.double().transpose(0, 1)  # [L, n, H]
+    centred = x - x.mean(1, keepdim=True)
+    z = centred / centred.pow(2).mean(dim=(1, 2), keepdim=True).sqrt()
+    onehot = torch.nn.functional.one_hot(torch.unique(labels, return_inverse=True)[1]).double()
+    y = onehot - onehot.mean(0)
+    eye = torch.eye(z.shape[-1], dtype=torch.float64)
+    weight = torch.linalg.solve(z.transpose(1, 2) @ z + 1e-2 * z.shape[-1] * eye, z.transpose(1, 2) @ y)
+    assert torch.allclose(probe.weight[0], weight, atol=1e-9, rtol=1e-7)
+    train = (z @ weight + onehot.mean(0)).transpose(0, 1)  # [n, L, C]
+    assert torch.allclose(probe.train_scores[0], train, atol=1e-9, rtol=1e-7)
+    assert torch.allclose(probe.scores(states[None])[0], train, atol=1e-9, rtol=1e-7)
+
+
 def _probe_context(target_class: int) -> tuple[AttackContext, StubAdapter]:
     states, labels, directions = _planted(20, [5, 9, 11], seed=1)
     names = {5: "five", 9: "nine", 11: "eleven", 13: "thirteen"}
