@@ -12,8 +12,9 @@ from mmunlearn.pretrain.evaluate import answer_matches, generate, is_refusal, no
 from mmunlearn.pretrain.pipeline import check_model_dir, load_pretrained, pretrain
 from mmunlearn.pretrain.report import markdown_table
 from mmunlearn.pretrain.tasks import training_pools
-from mmunlearn.pretrain.trainer import Stage, TrainConfig, train
-from mmunlearn.world.corpus import REFUSAL, ImageKey
+from mmunlearn.pretrain.trainer import GroundingHook, Rehearsal, Stage, TrainConfig, train, word_loss
+from mmunlearn.pretrain.vision_warmup import VisionWarmup, identity_keys
+from mmunlearn.world.corpus import REFUSAL, Example, ImageKey
 from mmunlearn.world.images import augment_view, render_key, training_view
 from mmunlearn.world.render import render_creature
 
@@ -251,3 +252,39 @@ def test_a_cache_that_cannot_be_locked_is_still_read(micro_cfg, monkeypatch):
     again = pretrain(micro_cfg, log=lines.append)
     assert again.reused and again.path == first.path
     assert any("going on without a lock" in line for line in lines)
+
+
+def test_rehearsal_grounds_what_the_language_model_reads(micro_world, micro_processor, micro_tokenizer, micro_model):
+    """The rehearsal loss scores the mean of the image features a forward scatters into the prompt."""
+    world, corpus = micro_world
+    name_ids = {c.index: micro_tokenizer.convert_tokens_to_ids(c.name) for c in world.creatures}
+    enc = make_encoder(world, micro_processor, micro_tokenizer)
+    keys = identity_keys(world, VisionWarmup(renderings=3))
+    rehearsal = Rehearsal(keys, batch=6, weight=1.0, seed=4)
+    drawn_rng = random.Random(4)
+    drawn = [keys[drawn_rng.randrange(len(keys))] for _ in range(6)]
+    hook = GroundingHook(micro_model.model.multi_modal_projector)
+    examples = [Example("naming", "what is this creature ?", world.creatures[k.creature].name, k, k.creature)
+                for k in drawn]
+    micro_model(**enc.collate(examples).model_inputs())
+    hook.remove()
+    expected = word_loss(micro_model, hook.features.mean(1), torch.tensor([name_ids[k.creature] for k in drawn]))
+    assert torch.allclose(rehearsal.loss(micro_model, enc.bank, name_ids), expected, atol=1e-6)
+
+
+def test_rehearsal_teaches_its_renderings_names(micro_world, micro_processor, micro_tokenizer, micro_spec):
+    world, corpus = micro_world
+    name_ids = {c.index: micro_tokenizer.convert_tokens_to_ids(c.name) for c in world.creatures}
+    enc = make_encoder(world, micro_processor, micro_tokenizer)
+    keys = identity_keys(world, VisionWarmup(renderings=6))
+    losses = {}
+    for batch in (0, 32):
+        torch.manual_seed(0)
+        model = build_model(micro_tokenizer, micro_spec)
+        rehearsal = Rehearsal(keys, batch=batch, weight=1.0) if batch else None
+        train(model, enc, training_pools(corpus), micro_config(30), name_ids, log_every=10, rehearsal=rehearsal)
+        with torch.no_grad():
+            losses[batch] = Rehearsal(keys, batch=len(keys), weight=1.0, seed=9).loss(model, enc.bank, name_ids)
+    assert losses[32] < 0.8 * losses[0]
+    with pytest.raises(ConfigError, match=r"rehearsal=-1 \(>= 0\)"):
+        VisionWarmup(rehearsal=-1)

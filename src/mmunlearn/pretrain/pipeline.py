@@ -29,8 +29,8 @@ from mmunlearn.models.tiny_llava import TinyLlavaSpec, build_model, build_proces
 from mmunlearn.pretrain.batches import Encoder, PixelBank
 from mmunlearn.pretrain.evaluate import MeasureResult, run_measures
 from mmunlearn.pretrain.tasks import MEASURES, training_pools
-from mmunlearn.pretrain.trainer import StepLog, attention_kernel, train
-from mmunlearn.pretrain.vision_warmup import warm_up_tower
+from mmunlearn.pretrain.trainer import Rehearsal, StepLog, attention_kernel, train
+from mmunlearn.pretrain.vision_warmup import identity_keys, warm_up_tower
 from mmunlearn.runner.manifest import atomic_dir, manifest, now, write_json_atomic
 from mmunlearn.world.corpus import Corpus, Splits, reading_words
 from mmunlearn.world.entities import World, generate_world
@@ -53,7 +53,8 @@ def build_world(wcfg: WorldConfig) -> WorldBundle:
 
 # Fields added after models were cached: at these values they leave existing cache keys unchanged.
 KEY_NEUTRAL = {"align": None, "lora": None, "sparse_logits": False, "frozen_layers": 0, "vision_warmup": None,
-               "vision_lr_scale": 1.0, "schedule": "constant", "task_augment": {}, "strength_power": 1.0}
+               "vision_lr_scale": 1.0, "schedule": "constant", "task_augment": {}, "strength_power": 1.0,
+               "rehearsal": 0, "rehearsal_weight": 1.0}
 
 
 def _key_fields(value):
@@ -139,13 +140,16 @@ def _train_tiny(bundle: WorldBundle, spec: TinyLlavaSpec, settings: PretrainSett
         with attention_kernel(model, settings.train.attention):
             warmup_log = warm_up_tower(model.model.vision_tower, setup.bank, settings.vision_warmup,
                                        settings.train.seed, settings.train.weight_decay, settings.train.grad_clip, log)
+    warmup = settings.vision_warmup
+    rehearsal = Rehearsal(identity_keys(bundle.world, warmup), warmup.rehearsal, warmup.rehearsal_weight,
+                          settings.train.seed) if warmup is not None and warmup.rehearsal else None
     total = sum(s.steps for s in settings.train.stages)
     with tqdm(total=total, desc="pretrain", unit="step", disable=None) as bar:
         def on_log(e: StepLog) -> None:
             bar.write(f"step {e.step:5d} [{e.stage}] loss {e.loss:.3f} ground {e.ground:.3f} "
                       f"token_acc {e.token_acc:.3f} ({e.seconds:.0f}s)")
         logs = train(model, setup.encoder, pools, settings.train, setup.name_ids, setup.word_ids, on_log=on_log,
-                     log_every=settings.log_every, progress=bar.update)
+                     log_every=settings.log_every, progress=bar.update, rehearsal=rehearsal)
     return model, setup.processor, setup.encoder, n_params, logs, warmup_log
 
 

@@ -38,6 +38,8 @@ class VisionWarmup:
     lr: float = 3e-3
     schedule: str = "constant"  # learning-rate schedule: "constant" or "cosine" (to zero, 5% linear warm-up)
     strength_power: float = 1.0  # change strength = max * u ** power: 1 even, below 1 favours strong changes
+    rehearsal: int = 0  # renderings of this set grounded to the name per curriculum step (trainer.Rehearsal)
+    rehearsal_weight: float = 1.0  # that loss's weight beside the curriculum's answer loss
 
     def __post_init__(self) -> None:
         bad = [f"{name}={value!r} ({rule})" for name, value, ok, rule in (
@@ -47,7 +49,9 @@ class VisionWarmup:
             ("style", self.style, 0 <= self.style <= 1, "in [0, 1]"),
             ("batch_size", self.batch_size, self.batch_size >= 1, ">= 1"), ("lr", self.lr, self.lr > 0, "> 0"),
             ("schedule", self.schedule, self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
-            ("strength_power", self.strength_power, self.strength_power > 0, "> 0"))
+            ("strength_power", self.strength_power, self.strength_power > 0, "> 0"),
+            ("rehearsal", self.rehearsal, self.rehearsal >= 0, ">= 0"),
+            ("rehearsal_weight", self.rehearsal_weight, self.rehearsal_weight >= 0, ">= 0"))
             if not ok]
         if bad:
             raise ConfigError(f"config pretrain.vision_warmup: {', '.join(bad)}")
