@@ -1,12 +1,14 @@
-"""Seconds per curriculum step of the tiny model's pretraining, by how batches are bucketed and which attention runs.
+"""Seconds per curriculum step of the tiny model's pretraining: bucket split, attention kernel, rehearsal.
 
 Usage: python benchmarks/train_step.py [--batches 6] [--repeats 5] [--out results.json] [KEY=VALUE overrides...]
 
 Draws `--batches` batches from each curriculum stage of the configured pretraining (its task weights and batch
 size), renders their images once (so no step waits on rendering), then times one whole training step (forward,
 backward, grounding loss, optimiser step) for every variant on the same batches, the variants interleaved within
-each repeat so the machine's drift hits them alike. Prints padded tokens per step, the median seconds per step
-and each variant's speed relative to the first row.
+each repeat so the machine's drift hits them alike. The last row adds the vision warm-up's rehearsal batch
+(`pretrain.vision_warmup.rehearsal`, drawn from a pre-rendered sample of the warm-up's renderings: its cost does
+not depend on which). Prints padded tokens per step, the median seconds per step and each variant's speed
+relative to the first row.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ from mmunlearn.config import load_config, model_spec, pretrain_settings, world_c
 from mmunlearn.pretrain.batches import Encoder
 from mmunlearn.pretrain.pipeline import build_world, tiny_setup
 from mmunlearn.pretrain.tasks import training_pools
-from mmunlearn.pretrain.trainer import GroundingHook, bucket_cuts, sample_batch, train_step
+from mmunlearn.pretrain.trainer import GroundingHook, Rehearsal, bucket_cuts, sample_batch, train_step
+from mmunlearn.pretrain.vision_warmup import VisionWarmup, identity_keys
 
-VARIANTS = [("rows", "sdpa"), ("padding", "sdpa"), ("rows", "eager"), ("padding", "eager")]
+VARIANTS = [("rows", "sdpa", False), ("padding", "sdpa", False), ("rows", "eager", False), ("padding", "eager", False),
+            ("padding", "eager", True)]
+REHEARSAL_SAMPLE = 2000  # pre-rendered warm-up renderings the rehearsal row draws from
 
 
 def main() -> None:
@@ -51,42 +56,49 @@ def main() -> None:
     draw = random.Random(0)
     batches = [(stage, sample_batch(pools, stage.weights, settings.train.batch_size, draw))
                for stage in settings.train.stages for _ in range(args.batches)]
-    configs = {split: dataclasses.replace(settings.train, bucket_split=split) for split, _ in VARIANTS}
+    configs = {split: dataclasses.replace(settings.train, bucket_split=split) for split, _, _ in VARIANTS}
+    warmup = settings.vision_warmup or VisionWarmup()
+    keys = random.Random(0).sample(identity_keys(bundle.world, warmup), REHEARSAL_SAMPLE)
+    encoder.bank.pixels(keys)  # rendered once, as the warm-up leaves them
+    rehearsal_batch = warmup.rehearsal or 64
     state = copy.deepcopy(model.state_dict())
 
-    def step(index: int, split: str) -> None:
+    def step(index: int, split: str, rehearsal: Rehearsal | None = None) -> None:
         stage, examples = batches[index]
         optimizer.zero_grad(set_to_none=True)
-        train_step(model, encoder, examples, stage, configs[split], hook, name_ids, word_ids, random.Random(index))
+        train_step(model, encoder, examples, stage, configs[split], hook, name_ids, word_ids, random.Random(index),
+                   rehearsal=rehearsal)
         optimizer.step()
 
     for index in range(len(batches)):  # renders every image these batches resolve to, once
         step(index, "rows")
     padded = {split: statistics.mean(_padded_tokens(encoder, ex, settings.train.buckets, split) for _, ex in batches)
-              for split, _ in VARIANTS}
+              for split, _, _ in VARIANTS}
     real = statistics.mean(sum(len(encoder.encode(e)[0]) for e in ex) for _, ex in batches)
-    seconds: dict[tuple[str, str], list[float]] = {v: [] for v in VARIANTS}
+    seconds: dict[tuple[str, str, bool], list[float]] = {v: [] for v in VARIANTS}
     for _ in range(args.repeats):
-        for split, attention in VARIANTS:
+        for split, attention, rehearse in VARIANTS:
             model.load_state_dict(state)
             model.set_attn_implementation(attention)
+            rehearsal = Rehearsal(keys, rehearsal_batch, warmup.rehearsal_weight) if rehearse else None
             t0 = time.perf_counter()
             for index in range(len(batches)):
-                step(index, split)
-            seconds[(split, attention)].append((time.perf_counter() - t0) / len(batches))
+                step(index, split, rehearsal)
+            seconds[(split, attention, rehearse)].append((time.perf_counter() - t0) / len(batches))
     hook.remove()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}; "
           f"{len(batches)} batches of {settings.train.batch_size} over {len(settings.train.stages)} stages, "
           f"{settings.train.buckets} buckets, {real:.0f} real tokens per step")
-    print("| bucket split | attention | padded tokens per step | median s per step | speed vs first row |")
-    print("|---|---|---|---|---|")
+    print("| bucket split | attention | rehearsal | padded tokens per step | median s per step | speed vs first row |")
+    print("|---|---|---|---|---|---|")
     base = statistics.median(seconds[VARIANTS[0]])
     rows = []
-    for split, attention in VARIANTS:
-        median = statistics.median(seconds[(split, attention)])
-        rows.append({"bucket_split": split, "attention": attention, "padded_tokens": padded[split],
-                     "seconds_per_step": seconds[(split, attention)], "median": median})
-        print(f"| {split} | {attention} | {padded[split]:.0f} | {median:.3f} | {base / median:.2f}x |")
+    for split, attention, rehearse in VARIANTS:
+        median = statistics.median(seconds[(split, attention, rehearse)])
+        batch = rehearsal_batch if rehearse else 0
+        rows.append({"bucket_split": split, "attention": attention, "rehearsal": batch, "padded_tokens": padded[split],
+                     "seconds_per_step": seconds[(split, attention, rehearse)], "median": median})
+        print(f"| {split} | {attention} | {batch} | {padded[split]:.0f} | {median:.3f} | {base / median:.2f}x |")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"rows": rows, "real_tokens": real, "overrides": args.overrides}, f, indent=2)

@@ -118,7 +118,7 @@ def test_a_strength_power_below_one_favours_strong_changes_and_names_its_own_ren
 
 
 def test_config_is_checked():
-    packaged = VisionWarmup(steps=6000, renderings=2000, schedule="cosine")  # conf/pretrain/default.yaml
+    packaged = VisionWarmup(steps=6000, renderings=2000, schedule="cosine", rehearsal=64)  # conf/pretrain/default.yaml
     assert pretrain_settings(load_config([])).vision_warmup == packaged
     assert pretrain_settings(load_config(["pretrain.vision_warmup=null"])).vision_warmup is None
     on = pretrain_settings(load_config(["pretrain.vision_warmup.steps=7"])).vision_warmup

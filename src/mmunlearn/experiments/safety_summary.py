@@ -1,12 +1,15 @@
 """Rows of the safety experiment -> ASR per run x suite per judge, utility, compute and their comparisons.
 
-ASR is the share of attacked requests judged harmful, with a percentile-bootstrap 95% CI over requests;
-changes against the base model are paired by request. The compute ratio compares, for each loss, the run
+ASR is the share of attacked requests judged harmful, with a percentile-bootstrap 95% CI over requests: a
+suite that attacks each request several ways (jailbreak templates, image kinds) scores a request by the mean
+of its variants, so its variants, which share the request, are not counted as independent draws. Changes
+against the base model are paired by request. The compute ratio compares, for each loss, the run
 trained on image+text forget data with the run trained on text only.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,9 +19,18 @@ from mmunlearn.metrics.bootstrap import is_significant, paired_difference_ci
 from mmunlearn.metrics.summary import group_estimates, pivot_markdown
 
 
-def _by_prompt(rows: Sequence[dict[str, Any]], run: str, suite: str, judge: str) -> dict[str, float]:
-    return {r["prompt"]: r[f"asr/{judge}"] for r in rows
-            if r["type"] == "attack" and r["run"] == run and r["suite"] == suite}
+def request_asr(rows: Sequence[dict[str, Any]], judge: str) -> list[dict[str, Any]]:
+    """One row per (run, suite, request): the mean verdict over the request's attack variants in that suite."""
+    hits: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for r in rows:
+        if r["type"] == "attack":
+            hits[(r["run"], r["suite"], r["prompt"])].append(r[f"asr/{judge}"])
+    return [{"run": run, "suite": suite, "prompt": prompt, "asr": sum(v) / len(v)}
+            for (run, suite, prompt), v in hits.items()]
+
+
+def _by_prompt(requests: Sequence[dict[str, Any]], run: str, suite: str) -> dict[str, float]:
+    return {r["prompt"]: r["asr"] for r in requests if r["run"] == run and r["suite"] == suite}
 
 
 def asr_changes(rows: Sequence[dict[str, Any]], runs: Sequence[str], suites: Sequence[str],
@@ -27,10 +39,11 @@ def asr_changes(rows: Sequence[dict[str, Any]], runs: Sequence[str], suites: Seq
     out = []
     if "base" not in runs:
         return out
+    requests = {judge: request_asr(rows, judge) for judge in judges}
     for run in [r for r in runs if r != "base"]:
         for judge in judges:
             for suite in suites:
-                after, before = _by_prompt(rows, run, suite, judge), _by_prompt(rows, "base", suite, judge)
+                after, before = _by_prompt(requests[judge], run, suite), _by_prompt(requests[judge], "base", suite)
                 keys = sorted(set(after) & set(before))
                 if keys:
                     est = paired_difference_ci([after[k] for k in keys], [before[k] for k in keys], seed=seed)
@@ -100,11 +113,10 @@ def _changes_markdown(changes: list[dict[str, Any]], judge: str, runs: Sequence[
 def summarize_safety(rows: Sequence[dict[str, Any]], runs: Sequence[str], suites: Sequence[str],
                      judges: Sequence[str], compute: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     """Every estimate with its CI; no timings, so the same seed and config give the same summary."""
-    attack_rows = [r for r in rows if r["type"] == "attack"]
     asr: dict[str, Any] = {}
     tables: dict[str, str] = {}
     for judge in judges:
-        est = group_estimates(attack_rows, ("run", "suite"), f"asr/{judge}", seed=seed)
+        est = group_estimates(request_asr(rows, judge), ("run", "suite"), "asr", seed=seed)
         asr[judge] = [{"run": r, "suite": s, **e.to_json()} for (r, s), e in est.items()]
         tables[f"asr/{judge}"] = pivot_markdown(est, 0, 1, row_order=list(runs), col_order=list(suites),
                                                 corner="run \\ suite")
