@@ -219,6 +219,19 @@ def test_every_training_pool_is_a_named_training_task(micro_world):
     assert tuple(training_pools(micro_world[1])) == TRAINING_TASKS
 
 
+def test_naming_in_unseen_templates_is_measured_on_templates_no_training_task_uses(micro_world):
+    from mmunlearn.pretrain.report import TARGETS
+    from mmunlearn.pretrain.tasks import MEASURES
+
+    corpus = micro_world[1]
+    trained = {ex.prompt for pool in training_pools(corpus).values() for ex in pool}
+    asked = MEASURES["naming_paraphrased"][0](corpus)
+    assert {ex.prompt for ex in asked}.isdisjoint(trained)
+    assert {ex.answer for ex in asked} == {c.name for c in micro_world[0].creatures}
+    assert {ex.image.view for ex in asked} == {"canon"}
+    assert TARGETS["naming_paraphrased"][1] == "report"  # not one of the acceptance targets
+
+
 def test_a_second_process_asking_for_the_same_model_waits_for_the_first_and_reuses_its_model(micro_cfg):
     """Two runs on one empty cache (e.g. two `mmunlearn` commands started together) train the model once."""
     import threading

@@ -9,6 +9,7 @@ TARGETS: dict[str, tuple[str, str, float | None]] = {
     "text_facts": ("text-only facts", ">=", 0.95),
     "image_facts_heldout_pairs": ("image+question facts, held-out composition pairs", ">=", 0.60),
     "paraphrased_questions": ("paraphrased questions (unseen templates)", ">=", 0.85),
+    "naming_paraphrased": ("naming, unseen question templates", "report", None),
     "paraphrase_image_easy": ("paraphrase images, easy", ">=", 0.90),
     "paraphrase_image_medium": ("paraphrase images, medium", ">=", 0.80),
     "paraphrase_image_hard": ("paraphrase images, hard", ">=", 0.60),

@@ -50,6 +50,9 @@ MEASURES: dict[str, MeasureSpec] = {
     "paraphrased_questions": (lambda c: list(c.text_facts("heldout")) + list(c.image_facts("heldout", "seen",
                                                                                              view="canon")),
                               "match"),
+    # Naming asked in the words of the held-out templates: a template a few words from a fact question ("tell me
+    # the name of this creature ." beside "tell me what this creature eats .") can be read as that question.
+    "naming_paraphrased": (lambda c: list(c.naming("heldout", view="canon")), "match"),
     "paraphrase_image_easy": (lambda c: list(c.image_facts("train", "seen", view="easy")), "match"),
     "paraphrase_image_medium": (lambda c: list(c.image_facts("train", "seen", view="medium")), "match"),
     "paraphrase_image_hard": (lambda c: list(c.image_facts("train", "seen", view="hard")), "match"),
