@@ -33,13 +33,14 @@ def _by_prompt(requests: Sequence[dict[str, Any]], run: str, suite: str) -> dict
     return {r["prompt"]: r["asr"] for r in requests if r["run"] == run and r["suite"] == suite}
 
 
-def asr_changes(rows: Sequence[dict[str, Any]], runs: Sequence[str], suites: Sequence[str],
-                judges: Sequence[str], seed: int) -> list[dict[str, Any]]:
-    """ASR after each run minus the base model's, per suite and judge, paired by request."""
+def asr_changes(requests: dict[str, list[dict[str, Any]]], runs: Sequence[str], suites: Sequence[str],
+                seed: int) -> list[dict[str, Any]]:
+    """ASR after each run minus the base model's, per suite and judge, paired by request (`requests`: each
+    judge's `request_asr` rows)."""
     out = []
     if "base" not in runs:
         return out
-    requests = {judge: request_asr(rows, judge) for judge in judges}
+    judges = list(requests)
     for run in [r for r in runs if r != "base"]:
         for judge in judges:
             for suite in suites:
@@ -115,8 +116,9 @@ def summarize_safety(rows: Sequence[dict[str, Any]], runs: Sequence[str], suites
     """Every estimate with its CI; no timings, so the same seed and config give the same summary."""
     asr: dict[str, Any] = {}
     tables: dict[str, str] = {}
+    requests = {judge: request_asr(rows, judge) for judge in judges}
     for judge in judges:
-        est = group_estimates(request_asr(rows, judge), ("run", "suite"), "asr", seed=seed)
+        est = group_estimates(requests[judge], ("run", "suite"), "asr", seed=seed)
         asr[judge] = [{"run": r, "suite": s, **e.to_json()} for (r, s), e in est.items()]
         tables[f"asr/{judge}"] = pivot_markdown(est, 0, 1, row_order=list(runs), col_order=list(suites),
                                                 corner="run \\ suite")
@@ -124,7 +126,7 @@ def summarize_safety(rows: Sequence[dict[str, Any]], runs: Sequence[str], suites
     util_est = group_estimates(utility_rows, ("run", "measure"), "correct", seed=seed)
     measures = list(dict.fromkeys(r["measure"] for r in utility_rows))
     tables["utility"] = pivot_markdown(util_est, 0, 1, row_order=list(runs), col_order=measures, corner="run")
-    changes = asr_changes(rows, runs, suites, judges, seed)
+    changes = asr_changes(requests, runs, suites, seed)
     agreement = _agreement(rows, judges)
     tables["agreement"] = agreement_markdown(agreement) if agreement else ""
     for judge in judges:
