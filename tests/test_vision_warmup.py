@@ -157,3 +157,35 @@ def test_pipeline_warms_the_tower_up_and_keys_the_cache_on_it(tmp_path, micro_ov
     assert any(line.startswith("vision warm-up step 3/3") for line in lines)
     assert [e["step"] for e in warmed.report["vision_warmup_log"]] == [1, 2, 3]  # the loss log is in the report
     assert "vision_warmup_log" not in plain.report
+
+
+def test_label_smoothing_caps_the_heads_confidence_and_is_checked(micro_world, micro_spec):
+    world, _ = micro_world
+    pixels, labels = identity_set(bank_of(world, micro_spec), SETTINGS)
+    confidence = {}
+    for smoothing in (0.0, 0.5):
+        torch.manual_seed(0)
+        tower = CLIPVisionModel(vision_config(micro_spec))
+        settings = dataclasses.replace(SETTINGS, steps=80, label_smoothing=smoothing)
+        head = train_identity(tower, pixels, labels, len(world.creatures), settings, seed=0, weight_decay=0.0,
+                              grad_clip=1.0)
+        with torch.no_grad():
+            probs = identity_logits(tower.eval(), head, pixels).softmax(-1)
+        confidence[smoothing] = probs.max(-1).values.mean().item()
+    # the smoothed target puts 1 - 0.5 + 0.5 / 8 on the creature: its optimum is far from certainty
+    assert confidence[0.5] < 0.7 < confidence[0.0]
+    with pytest.raises(ConfigError, match=r"label_smoothing=1.0 \(in \[0, 1\)\)"):
+        VisionWarmup(label_smoothing=1.0)
+
+
+def test_label_smoothing_at_zero_keeps_the_cache_key(micro_overrides):
+    from mmunlearn.config import model_spec, world_config
+    from mmunlearn.pretrain.pipeline import cache_key
+
+    def key(*extra: str) -> str:
+        cfg = load_config([*micro_overrides, *extra])
+        return cache_key(world_config(cfg), model_spec(cfg), pretrain_settings(cfg))
+
+    base = key()
+    assert key("pretrain.vision_warmup.label_smoothing=0.0") == base
+    assert key("pretrain.vision_warmup.label_smoothing=0.1") != base

@@ -54,7 +54,7 @@ def build_world(wcfg: WorldConfig) -> WorldBundle:
 # Fields added after models were cached: at these values they leave existing cache keys unchanged.
 KEY_NEUTRAL = {"align": None, "lora": None, "sparse_logits": False, "frozen_layers": 0, "vision_warmup": None,
                "vision_lr_scale": 1.0, "schedule": "constant", "task_augment": {}, "strength_power": 1.0,
-               "rehearsal": 0, "rehearsal_weight": 1.0}
+               "rehearsal": 0, "rehearsal_weight": 1.0, "label_smoothing": 0.0}
 
 
 def _key_fields(value):

@@ -40,6 +40,7 @@ class VisionWarmup:
     strength_power: float = 1.0  # change strength = max * u ** power: 1 even, below 1 favours strong changes
     rehearsal: int = 0  # renderings of this set grounded to the name per curriculum step (trainer.Rehearsal)
     rehearsal_weight: float = 1.0  # that loss's weight beside the curriculum's answer loss
+    label_smoothing: float = 0.0  # of the identity loss: tighter creature clusters, which hard images need
 
     def __post_init__(self) -> None:
         bad = [f"{name}={value!r} ({rule})" for name, value, ok, rule in (
@@ -51,7 +52,8 @@ class VisionWarmup:
             ("schedule", self.schedule, self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
             ("strength_power", self.strength_power, self.strength_power > 0, "> 0"),
             ("rehearsal", self.rehearsal, self.rehearsal >= 0, ">= 0"),
-            ("rehearsal_weight", self.rehearsal_weight, self.rehearsal_weight >= 0, ">= 0"))
+            ("rehearsal_weight", self.rehearsal_weight, self.rehearsal_weight >= 0, ">= 0"),
+            ("label_smoothing", self.label_smoothing, 0 <= self.label_smoothing < 1, "in [0, 1)"))
             if not ok]
         if bad:
             raise ConfigError(f"config pretrain.vision_warmup: {', '.join(bad)}")
@@ -108,7 +110,8 @@ def train_identity(tower, pixels: torch.Tensor, labels: torch.Tensor, n_classes:
     tower.train()
     for step in tqdm(range(settings.steps), desc="vision warm-up", unit="step", disable=None):
         batch = torch.randint(len(labels), (settings.batch_size,), generator=rows)
-        loss = F.cross_entropy(identity_logits(tower, head, pixels[batch]), labels[batch])
+        loss = F.cross_entropy(identity_logits(tower, head, pixels[batch]), labels[batch],
+                               label_smoothing=settings.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
