@@ -7,6 +7,9 @@ A wrong answer is the look-alike's value of the asked attribute, another creatur
 creature's own other attributes, or none of these. Look-alike answers mean the image was answered by how it
 looks, not through the creature's identity. A second table asks the model to name the creature of each view
 (canonical, easy, medium, hard): where naming a view fails, its questions cannot be answered through the name.
+A third table splits the paraphrased questions (held-out templates) by template, text or image form: a
+template a model misreads shows as one row near 0%, and "answer, then more" counts answers that begin
+with the right words and do not stop there (scored wrong, as the benchmark scores them).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from mmunlearn.world.corpus import Example
 from mmunlearn.world.entities import World
 
 NAMING_VIEWS = ("canon", "easy", "medium", "hard")
+SUBJECT = "<name>"
 MEASURES = ("image_facts_heldout_pairs", "paraphrase_image_easy", "paraphrase_image_medium", "paraphrase_image_hard")
 
 
@@ -42,6 +46,19 @@ def error_kind(world: World, ex: Example, response: str) -> str:
     if any(answer == normalize_answer(v) for k, v in creature.attributes.items() if k != ex.attribute):
         return "own other attribute"
     return "none of these"
+
+
+def template_of(world: World, ex: Example) -> str:
+    """The question with the creature's name replaced by <name> (the image form names no creature)."""
+    question = ex.prompt.replace(world.creatures[ex.creature].name, SUBJECT) if ex.image is None else ex.prompt
+    return f"{'image' if ex.image is not None else 'text'}: {question}"
+
+
+def paraphrase_outcome(ex: Example, response: str) -> str:
+    if answer_matches(response, ex.answer):
+        return "correct"
+    answer, said = normalize_answer(ex.answer).split(), normalize_answer(response).split()
+    return "answer, then more" if said[:len(answer)] == answer else "other"
 
 
 def main() -> None:
@@ -70,6 +87,16 @@ def main() -> None:
         texts = generate(model, encoder, examples, max_new_tokens=6)
         named = sum(answer_matches(t, ex.answer) for ex, t in zip(examples, texts)) / len(examples)
         print(f"| {view} | {len(examples)} | {named:.1%} |")
+    outcomes = ("correct", "answer, then more", "other")
+    examples = measure_examples(bundle.corpus, "paraphrased_questions", int(cfg.pretrain.eval_limit),
+                                int(cfg.pretrain.seed))
+    texts = generate(model, encoder, examples, max_new_tokens=6)
+    by_template: dict[str, Counter] = {}
+    for ex, text in zip(examples, texts):
+        by_template.setdefault(template_of(bundle.world, ex), Counter())[paraphrase_outcome(ex, text)] += 1
+    print("\n| paraphrased question template | n | " + " | ".join(outcomes) + " |\n|---|---|" + "---|" * len(outcomes))
+    for template, counts in sorted(by_template.items()):
+        print(f"| {template} | {sum(counts.values())} | " + " | ".join(str(counts[k]) for k in outcomes) + " |")
 
 
 if __name__ == "__main__":
