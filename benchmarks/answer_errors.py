@@ -50,8 +50,9 @@ def error_kind(world: World, ex: Example, response: str) -> str:
 
 def template_of(world: World, ex: Example) -> str:
     """The question with the creature's name replaced by <name> (the image form names no creature)."""
-    question = ex.prompt.replace(world.creatures[ex.creature].name, SUBJECT) if ex.image is None else ex.prompt
-    return f"{'image' if ex.image is not None else 'text'}: {question}"
+    if ex.image is not None:
+        return f"image: {ex.prompt}"
+    return f"text: {ex.prompt.replace(world.creatures[ex.creature].name, SUBJECT)}"
 
 
 def paraphrase_outcome(ex: Example, response: str) -> str:

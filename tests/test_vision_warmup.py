@@ -6,11 +6,11 @@ import pytest
 import torch
 from transformers import CLIPVisionModel
 
-from mmunlearn.config import load_config, pretrain_settings
+from mmunlearn.config import load_config, model_spec, pretrain_settings, world_config
 from mmunlearn.errors import ConfigError
 from mmunlearn.models.tiny_llava import vision_config, world_image_processor
 from mmunlearn.pretrain.batches import PixelBank
-from mmunlearn.pretrain.pipeline import pretrain
+from mmunlearn.pretrain.pipeline import cache_key, pretrain
 from mmunlearn.pretrain.vision_warmup import (
     VisionWarmup,
     identity_logits,
@@ -179,9 +179,6 @@ def test_label_smoothing_caps_the_heads_confidence_and_is_checked(micro_world, m
 
 
 def test_label_smoothing_at_zero_keeps_the_cache_key(micro_overrides):
-    from mmunlearn.config import model_spec, world_config
-    from mmunlearn.pretrain.pipeline import cache_key
-
     def key(*extra: str) -> str:
         cfg = load_config([*micro_overrides, *extra])
         return cache_key(world_config(cfg), model_spec(cfg), pretrain_settings(cfg))
