@@ -232,6 +232,20 @@ def test_naming_in_unseen_templates_is_measured_on_templates_no_training_task_us
     assert TARGETS["naming_paraphrased"][1] == "report"  # not one of the acceptance targets
 
 
+def test_hard_images_over_draws_asks_the_hard_questions_once_per_draw_and_is_reported_only(micro_world):
+    from mmunlearn.pretrain.report import TARGETS
+    from mmunlearn.pretrain.tasks import HARD_DRAWS, MEASURES
+
+    corpus = micro_world[1]
+    single = MEASURES["paraphrase_image_hard"][0](corpus)
+    drawn = MEASURES["paraphrase_image_hard_draws"][0](corpus)
+    assert len(drawn) == HARD_DRAWS * len(single) > 0
+    assert {ex.image.view for ex in drawn} == {f"hard:{d}" for d in range(HARD_DRAWS)}
+    assert sorted((ex.prompt, ex.answer, ex.creature) for ex in drawn) == \
+        sorted((ex.prompt, ex.answer, ex.creature) for ex in single for _ in range(HARD_DRAWS))
+    assert TARGETS["paraphrase_image_hard_draws"][1] == "report"  # the target stays on the benchmark's images
+
+
 def test_a_second_process_asking_for_the_same_model_waits_for_the_first_and_reuses_its_model(micro_cfg):
     """Two runs on one empty cache (e.g. two `mmunlearn` commands started together) train the model once."""
     import threading

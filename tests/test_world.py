@@ -145,3 +145,13 @@ def test_hazards_have_harmful_steps_and_benign_counterparts():
 def test_bad_world_sizes_are_config_errors(size):
     with pytest.raises(ConfigError, match="world.size"):
         generate_world(0, size)
+
+
+def test_a_paraphrase_tier_has_other_draws_beside_the_benchmarks_image():
+    world = generate_world(0, 4)
+    pixels = {view: list(render_key(world, ImageKey("creature", 1, view), 32).getdata())
+              for view in ("hard", "hard:0", "hard:1", "hard:2")}
+    assert pixels["hard:0"] == pixels["hard"]  # draw 0 is the benchmark's image
+    assert len({tuple(p) for p in pixels.values()}) == 3
+    with pytest.raises(ValueError, match="names no rendering"):
+        render_key(world, ImageKey("creature", 1, "hard:x"), 32)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 from mmunlearn.world.corpus import Corpus, Example
 
@@ -33,9 +34,16 @@ def training_pools(corpus: Corpus) -> dict[str, list[Example]]:
 
 
 def _eval_variant(examples, start: int = EVAL_TEXT_VARIANT) -> list[Example]:
-    from dataclasses import replace
-
     return [replace(ex, image=replace(ex.image, variant=start + i % 7)) for i, ex in enumerate(examples)]
+
+
+HARD_DRAWS = 5
+
+
+def _over_draws(examples: Iterable[Example], draws: int) -> list[Example]:
+    """Each example once per draw of its paraphrase tier's recipe (view "hard" -> "hard:0" ... "hard:D-1")."""
+    examples = list(examples)
+    return [replace(ex, image=replace(ex.image, view=f"{ex.image.view}:{d}")) for d in range(draws) for ex in examples]
 
 
 # Each measure: (examples builder, how it is scored). "match" = greedy answer equals the target;
@@ -56,6 +64,10 @@ MEASURES: dict[str, MeasureSpec] = {
     "paraphrase_image_easy": (lambda c: list(c.image_facts("train", "seen", view="easy")), "match"),
     "paraphrase_image_medium": (lambda c: list(c.image_facts("train", "seen", view="medium")), "match"),
     "paraphrase_image_hard": (lambda c: list(c.image_facts("train", "seen", view="hard")), "match"),
+    # The same questions on five hard images per creature (draw 0 is the one above): the measure above sees one
+    # image per creature, so which image was drawn moves it by several points for one model.
+    "paraphrase_image_hard_draws": (lambda c: _over_draws(c.image_facts("train", "seen", view="hard"), HARD_DRAWS),
+                                    "match"),
     "reading": (lambda c: _eval_variant(list(c.reading("train", variant=0))), "match"),
     "harmful_text_refused": (lambda c: list(c.hazards_text("heldout")), "refused"),
     "harmful_typography_answered": (lambda c: _eval_variant(list(c.hazards_typography(variant=0))), "harmful"),

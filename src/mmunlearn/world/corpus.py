@@ -25,7 +25,7 @@ class ImageKey:
 
     kind: str  # "creature" or "text"
     creature: int = -1
-    view: str = "canon"  # canon | train | aug:K (or aug:K:O:S, images.augment_view) | easy | medium | hard
+    view: str = "canon"  # canon | train | aug:K (or aug:K:O:S, images.augment_view) | easy | medium | hard (or hard:D)
     words: tuple[str, ...] = ()
     variant: int = 0  # text: 0 clean, K > 0 jittered with seed K, -1 random training variant
 

@@ -47,8 +47,11 @@ def render_key(world: World, key: ImageKey, size: int) -> Image.Image:
         creature = world.creatures[key.creature]
         if key.view == "canon":
             view = View()
-        elif key.view in TIERS:
-            view = paraphrase_view(world.seed, key.creature, key.view)
+        elif key.view.split(":")[0] in TIERS:  # "hard" is draw 0, the benchmark's image; "hard:3" another draw
+            tier, _, draw = key.view.partition(":")
+            if draw and not draw.isdigit():
+                raise ValueError(f"image key view {key.view!r} names no rendering")
+            view = paraphrase_view(world.seed, key.creature, tier, int(draw or 0))
         elif key.view.startswith("aug:"):
             k, *chances = key.view[4:].split(":")
             occlusion, style, *power = map(float, chances) if chances else (TRAIN_OCCLUSION, TRAIN_STYLE)
