@@ -45,10 +45,10 @@ def augment_view(k: int, occlusion: float = TRAIN_OCCLUSION, style: float = TRAI
 def render_key(world: World, key: ImageKey, size: int) -> Image.Image:
     if key.kind == "creature":
         creature = world.creatures[key.creature]
+        tier, _, draw = key.view.partition(":")  # "hard" is draw 0, the benchmark's image; "hard:3" another draw
         if key.view == "canon":
             view = View()
-        elif key.view.split(":")[0] in TIERS:  # "hard" is draw 0, the benchmark's image; "hard:3" another draw
-            tier, _, draw = key.view.partition(":")
+        elif tier in TIERS:
             if draw and not draw.isdigit():
                 raise ValueError(f"image key view {key.view!r} names no rendering")
             view = paraphrase_view(world.seed, key.creature, tier, int(draw or 0))
