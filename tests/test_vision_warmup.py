@@ -10,7 +10,7 @@ from mmunlearn.config import load_config, model_spec, pretrain_settings, world_c
 from mmunlearn.errors import ConfigError
 from mmunlearn.models.tiny_llava import vision_config, world_image_processor
 from mmunlearn.pretrain.batches import PixelBank
-from mmunlearn.pretrain.pipeline import cache_key, pretrain
+from mmunlearn.pretrain.pipeline import _key_fields, cache_key, pretrain
 from mmunlearn.pretrain.vision_warmup import (
     VisionWarmup,
     identity_logits,
@@ -118,7 +118,8 @@ def test_a_strength_power_below_one_favours_strong_changes_and_names_its_own_ren
 
 
 def test_config_is_checked():
-    packaged = VisionWarmup(steps=6000, renderings=2000, schedule="cosine", rehearsal=64)  # conf/pretrain/default.yaml
+    packaged = VisionWarmup(steps=6000, renderings=2000, schedule="cosine", rehearsal=64,
+                            rehearsal_weight=3.0, label_smoothing=0.1)  # conf/pretrain/default.yaml
     assert pretrain_settings(load_config([])).vision_warmup == packaged
     assert pretrain_settings(load_config(["pretrain.vision_warmup=null"])).vision_warmup is None
     on = pretrain_settings(load_config(["pretrain.vision_warmup.steps=7"])).vision_warmup
@@ -179,10 +180,10 @@ def test_label_smoothing_caps_the_heads_confidence_and_is_checked(micro_world, m
 
 
 def test_label_smoothing_at_zero_keeps_the_cache_key(micro_overrides):
-    def key(*extra: str) -> str:
-        cfg = load_config([*micro_overrides, *extra])
-        return cache_key(world_config(cfg), model_spec(cfg), pretrain_settings(cfg))
+    """Models cached before the option existed (smoothing off) keep their key; every other value has its own."""
+    def key_parts(value: str):
+        cfg = load_config([*micro_overrides, f"pretrain.vision_warmup.label_smoothing={value}"])
+        return world_config(cfg), model_spec(cfg), pretrain_settings(cfg)
 
-    base = key()
-    assert key("pretrain.vision_warmup.label_smoothing=0.0") == base
-    assert key("pretrain.vision_warmup.label_smoothing=0.1") != base
+    assert "label_smoothing" not in _key_fields(dataclasses.asdict(key_parts("0.0")[2]))["vision_warmup"]
+    assert len({cache_key(*key_parts(value)) for value in ("0.0", "0.05", "0.1")}) == 3
