@@ -14,6 +14,9 @@ from mmunlearn.models.layer_spec import resolve_layers
     ("top_third", 33, [22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32]),  # the reference's 22-32 on 32 layers
     ("last", 4, [3]),
     ("mid", 4, [2]),
+    ("quarter", 4, [1]),  # the tiny model's edit: its output, hidden state 2, is the lowest of the top half
+    ("quarter", 32, [8]),
+    ("quarter", 3, [0]),
     ("unlok_edit", 32, [7]),
     ("unlok_edit", 40, [9]),
     ("unlok_edit", 2, [0]),

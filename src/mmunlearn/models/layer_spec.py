@@ -10,14 +10,15 @@ from collections.abc import Sequence
 
 from mmunlearn.errors import ConfigError
 
-NAMED = ("all", "top_half", "top_third", "last", "mid", "unlok_edit")
+NAMED = ("all", "top_half", "top_third", "last", "mid", "quarter", "unlok_edit")
 
 
 def resolve_layers(spec: str | int | Sequence[int], n: int, what: str = "layers") -> list[int]:
     """Indices in [0, n) for `spec`: a name in NAMED, an int, a list of ints, or a slice string 'a:b'.
 
-    `mid` is the middle index (n // 2); `unlok_edit` is the reference editor's layer, n_layers // 4 - 1 of the
-    decoder (7 of 32, 9 of 40).
+    `mid` is the middle index (n // 2); `quarter` a quarter of the way up (n // 4: 1 of 4, 8 of 32), low enough
+    that an edit there lies below every hidden state of the top half; `unlok_edit` is the reference editor's
+    layer, n_layers // 4 - 1 of the decoder (7 of 32, 9 of 40).
     """
     if isinstance(spec, str):
         if spec == "all":
@@ -30,6 +31,8 @@ def resolve_layers(spec: str | int | Sequence[int], n: int, what: str = "layers"
             return [n - 1]
         if spec == "mid":
             return [n // 2]
+        if spec == "quarter":
+            return [n // 4]
         if spec == "unlok_edit":
             return [max(0, (n + 1) // 4 - 1)]
         if ":" in spec:
