@@ -64,8 +64,8 @@ MEASURES: dict[str, MeasureSpec] = {
     "paraphrase_image_easy": (lambda c: list(c.image_facts("train", "seen", view="easy")), "match"),
     "paraphrase_image_medium": (lambda c: list(c.image_facts("train", "seen", view="medium")), "match"),
     "paraphrase_image_hard": (lambda c: list(c.image_facts("train", "seen", view="hard")), "match"),
-    # The same questions on five hard images per creature (draw 0 is the one above): the measure above sees one
-    # image per creature, so which image was drawn moves it by several points for one model.
+    # The same questions crossed with five hard images per creature (draw 0 is the one above), sampled like every
+    # measure: the measure above sees one image per creature, so which image was drawn moves it by several points.
     "paraphrase_image_hard_draws": (lambda c: _over_draws(c.image_facts("train", "seen", view="hard"), HARD_DRAWS),
                                     "match"),
     "reading": (lambda c: _eval_variant(list(c.reading("train", variant=0))), "match"),
