@@ -23,3 +23,21 @@ def test_worker_processes_render_the_same_pixels_in_the_same_order(micro_world, 
     assert torch.equal(alone, pooled)
     expected = processor(images=[rendering.render_key(world, keys[-1], size)], return_tensors="pt")["pixel_values"]
     assert torch.equal(alone[-1:], expected)
+
+
+def test_renderings_skip_only_the_no_op_resize_and_keep_the_processors_pixels(micro_world, micro_spec):
+    world, _ = micro_world
+    size = micro_spec.image_size
+    keys = [ImageKey("creature", c.index, view) for c in world.creatures for view in ("canon", "hard")]
+    keys += [ImageKey("text", words=("steps", "to", "brew"), variant=1)]
+    processor = world_image_processor(size)
+    assert rendering.same_size_kwargs(processor, size) == {"do_resize": False, "do_center_crop": False}
+    images = [rendering.render_key(world, key, size) for key in keys]
+    full = processor(images=images, return_tensors="pt")["pixel_values"]
+    assert torch.equal(rendering.render_keys(world, processor, size, keys), full)
+    # a processor that really resizes (to twice the rendering's side) keeps its resize
+    larger = world_image_processor(2 * size)
+    assert rendering.same_size_kwargs(larger, size) == {}
+    resized = rendering.render_keys(world, larger, size, keys)
+    assert resized.shape == (len(keys), 3, 2 * size, 2 * size)
+    assert torch.equal(resized, larger(images=images, return_tensors="pt")["pixel_values"])
