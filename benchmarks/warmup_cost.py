@@ -1,11 +1,14 @@
-"""What the pretraining spends before its curriculum, per unit: rendering an image, and a vision warm-up step.
+"""What the pretraining spends outside the curriculum's model steps, per unit: rendering, a vision warm-up step.
 
-Usage: python benchmarks/warmup_cost.py [--images 4096] [--steps 100] [--repeats 5] [--out results.json] [KEY=VALUE ...]
+Usage: python benchmarks/warmup_cost.py [--images 4096] [--cards 2000] [--steps 100] [--repeats 5] [--out FILE.json]
+       [KEY=VALUE ...]
 
 Side by side, interleaved within each repeat, on the configured world and model:
 - rendering `--images` of the vision warm-up's identity keys in this process: Pillow drawing alone, then through the
   image processor with its resize and crop (the code before) and without them (`pretrain.rendering.same_size_kwargs`,
   the default: the renderings already have the processor's size), with the largest pixel difference between the two;
+- `--cards` typography cards of the curriculum (reading and hazard cards, training variants) with each line's glyphs
+  drawn anew (the code before) and kept per line (`world.render._glyphs`, the default), with the largest difference;
 - `--steps` vision warm-up steps (batch, tower, identity head, AdamW) with the per-tensor AdamW loop (the code before)
   and with `foreach` (the default), from the same weights on the same batches, with the largest weight difference;
 - the curriculum's AdamW step over the whole model's tensors, both ways.
@@ -32,6 +35,8 @@ from mmunlearn.models.tiny_llava import world_image_processor
 from mmunlearn.pretrain.pipeline import build_world, tiny_setup
 from mmunlearn.pretrain.rendering import render_keys, same_size_kwargs
 from mmunlearn.pretrain.vision_warmup import VisionWarmup, identity_keys, identity_logits
+from mmunlearn.world import render as world_render
+from mmunlearn.world.corpus import ImageKey
 from mmunlearn.world.images import render_key
 
 
@@ -42,6 +47,7 @@ def _median_ms(samples: list[float], per: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=4096, help="identity keys rendered per repeat")
+    parser.add_argument("--cards", type=int, default=2000, help="typography cards rendered per repeat")
     parser.add_argument("--steps", type=int, default=100, help="warm-up steps timed per repeat and variant")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", help="write the measured figures as JSON here")
@@ -71,6 +77,29 @@ def main() -> None:
         render["processor with resize and crop"].append(t2 - t1)
         render["processor, no-op steps skipped"].append(t3 - t2)
         largest_pixel_difference = max(largest_pixel_difference, float(np.abs(before - now).max()))
+
+    corpus = bundle.corpus
+    lines = [ex.image.words for ex in [*corpus.reading("train", variant=0), *corpus.hazards_typography(variant=0),
+                                       *corpus.benign_typography(variant=0)]]
+    draw = random.Random(1)
+    cards = [ImageKey("text", words=draw.choice(lines), variant=draw.randrange(1, settings.n_text_variants + 1))
+             for _ in range(args.cards)]
+    typography: dict[str, list[float]] = {"glyphs drawn anew": [], "glyphs kept": []}
+    largest_card_difference = 0
+    for _ in range(args.repeats):
+        world_render._glyphs.cache_clear()
+        t0 = time.perf_counter()
+        anew = []
+        for key in cards:
+            world_render._glyphs.cache_clear()
+            anew.append(np.asarray(render_key(world, key, size)))
+        t1 = time.perf_counter()
+        kept = [np.asarray(render_key(world, key, size)) for key in cards]
+        t2 = time.perf_counter()
+        typography["glyphs drawn anew"].append(t1 - t0)
+        typography["glyphs kept"].append(t2 - t1)
+        largest_card_difference = max(largest_card_difference, int(np.abs(
+            np.stack(anew).astype(int) - np.stack(kept).astype(int)).max()))
 
     setup = tiny_setup(bundle, spec, settings)
     setup.model.set_attn_implementation(settings.train.attention)
@@ -126,13 +155,16 @@ def main() -> None:
         ("rendering: drawing + processor, ms per image",
          _median_ms([a + b for a, b in zip(render["drawing"], render["processor with resize and crop"])], n),
          _median_ms([a + b for a, b in zip(render["drawing"], render["processor, no-op steps skipped"])], n)),
+        ("typography card (drawing), ms per card", _median_ms(typography["glyphs drawn anew"], len(cards)),
+         _median_ms(typography["glyphs kept"], len(cards))),
         (f"vision warm-up step (batch {warmup.batch_size}), ms", _median_ms(steps[False], args.steps),
          _median_ms(steps[True], args.steps)),
         (f"AdamW step over the whole model ({len(everything)} tensors), ms",
          _median_ms(optimiser_steps[False], args.steps), _median_ms(optimiser_steps[True], args.steps)),
     ]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores visible, torch threads {torch.get_num_threads()}; "
-          f"{n} renderings, {args.steps} warm-up steps, {args.repeats} repeats interleaved")
+          f"{n} renderings, {len(cards)} typography cards, {args.steps} warm-up steps, "
+          f"{args.repeats} repeats interleaved")
     print("| per unit | before | now | before / now |")
     print("|---|---|---|---|")
     for label, before, now in rows:
@@ -140,14 +172,17 @@ def main() -> None:
             print(f"| {label} | {before:.3f} | {before:.3f} | - |")
         else:
             print(f"| {label} | {before:.3f} | {now:.3f} | {before / now:.2f}x |")
-    print(f"largest pixel difference {largest_pixel_difference}, largest warm-up weight difference "
+    print(f"largest pixel difference {largest_pixel_difference}, largest typography difference "
+          f"{largest_card_difference}, largest warm-up weight difference "
           f"{largest_weight_difference}")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"rows": [{"measure": label, "before_ms": before, "now_ms": now} for label, before, now in rows],
                        "largest_pixel_difference": largest_pixel_difference,
-                       "largest_weight_difference": largest_weight_difference, "seconds": {
-                           "render": render, "warmup_steps": {str(k): v for k, v in steps.items()},
+                       "largest_weight_difference": largest_weight_difference,
+                       "largest_card_difference": largest_card_difference, "seconds": {
+                           "render": render, "typography": typography,
+                           "warmup_steps": {str(k): v for k, v in steps.items()},
                            "optimiser_steps": {str(k): v for k, v in optimiser_steps.items()}},
                        "overrides": args.overrides}, f, indent=2)
 

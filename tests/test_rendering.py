@@ -1,9 +1,13 @@
 """Rendering image keys in worker processes gives the one-process pixels, value for value, in order."""
 
+import random
+
+import numpy as np
 import torch
 
 from mmunlearn.models.tiny_llava import world_image_processor
 from mmunlearn.pretrain import rendering
+from mmunlearn.world import render
 from mmunlearn.world.corpus import ImageKey
 from mmunlearn.world.images import augment_view
 
@@ -41,3 +45,17 @@ def test_renderings_skip_only_the_no_op_resize_and_keep_the_processors_pixels(mi
     resized = rendering.render_keys(world, larger, size, keys)
     assert resized.shape == (len(keys), 3, 2 * size, 2 * size)
     assert torch.equal(resized, larger(images=images, return_tensors="pt")["pixel_values"])
+
+
+def test_typography_cards_are_the_same_with_kept_glyphs():
+    cards = [(["steps", "to", "brew"], None), (["steps", "to", "brew"], 3), (["brew"], 3), (["to", "steps"], 8)]
+    render._glyphs.cache_clear()
+    anew = []
+    for lines, seed in cards:
+        render._glyphs.cache_clear()
+        anew.append(np.asarray(render.render_text(lines, 16, None if seed is None else random.Random(seed))))
+    kept = [np.asarray(render.render_text(lines, 16, None if seed is None else random.Random(seed)))
+            for lines, seed in cards * 2]
+    assert render._glyphs.cache_info().hits > 0
+    for card, again in zip(anew * 2, kept):
+        assert np.array_equal(card, again)

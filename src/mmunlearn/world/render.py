@@ -155,6 +155,18 @@ def _font(px: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=px)
 
 
+@lru_cache(maxsize=1024)
+def _glyphs(line: str, px: int) -> Image.Image:
+    """One line of text drawn at `px` on a mask, cropped to its ink with a margin. Kept per line: a card's words
+    recur across cards and variants, and drawing the font at this size is a third of a card's cost. Callers only
+    read it (`resize` returns a new image)."""
+    font = _font(px)
+    left, top, right, bottom = font.getbbox(line)
+    glyphs = Image.new("L", (right - left + 8, bottom - top + 8), 0)
+    ImageDraw.Draw(glyphs).text((4 - left, 4 - top), line, fill=255, font=font)
+    return glyphs
+
+
 def render_text(lines: list[str], size: int = 32, rng: random.Random | None = None) -> Image.Image:
     """Typography: dark text on a light card, one word per line, each line stretched to fill its band.
 
@@ -165,14 +177,10 @@ def render_text(lines: list[str], size: int = 32, rng: random.Random | None = No
     shade = 245 if rng is None else rng.randint(215, 255)
     img = Image.new("RGB", (side, side), (shade, shade, shade))
     band = side * 0.92 / len(lines)
-    font = _font(4 * SUPERSAMPLE * 8)
     for i, line in enumerate(lines):
-        left, top, right, bottom = font.getbbox(line)
-        glyphs = Image.new("L", (right - left + 8, bottom - top + 8), 0)
-        ImageDraw.Draw(glyphs).text((4 - left, 4 - top), line, fill=255, font=font)
         width = side * (0.92 if rng is None else rng.uniform(0.84, 0.96))
         height = band * (0.86 if rng is None else rng.uniform(0.78, 0.92))
-        glyphs = glyphs.resize((int(width), int(height)), Image.LANCZOS)
+        glyphs = _glyphs(line, 4 * SUPERSAMPLE * 8).resize((int(width), int(height)), Image.LANCZOS)
         x = (side - width) / 2 + (0 if rng is None else rng.uniform(-0.02, 0.02) * side)
         y = side * 0.04 + i * band + (band - height) / 2 + (0 if rng is None else rng.uniform(-0.02, 0.02) * side)
         ink = 0 if rng is None else rng.randint(0, 80)
