@@ -1,8 +1,10 @@
-"""What the UnLOK benchmark scripts share: the config from command-line overrides, the benchmark and the model,
-a random model of a real checkpoint's shape, and a clock that waits for the accelerator."""
+"""What the benchmark scripts share: the config from command-line overrides; for the UnLOK scripts the benchmark and
+the model, a random model of a real checkpoint's shape, and a clock that waits for the accelerator; for the
+pretraining scripts the world and the pretraining settings."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Any
 
@@ -10,11 +12,12 @@ import torch
 from omegaconf import DictConfig
 from transformers import LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-from mmunlearn.config import load_config
+from mmunlearn.config import PretrainSettings, load_config, model_spec, pretrain_settings, world_config
 from mmunlearn.data.records import Benchmark
 from mmunlearn.experiments.unlok import load_benchmark, load_model
 from mmunlearn.models.adapters.llava import LlavaAdapter
 from mmunlearn.models.tiny_llava import CHAT_TEMPLATE, IMAGE_TOKEN, TinyLlavaSpec, llava_processor, vision_config
+from mmunlearn.pretrain.pipeline import WorldBundle, build_world
 
 # LLaVA-1.5-7B's sizes (Vicuna-7B + CLIP ViT-L/14-336: 576 image tokens), for timing on an accelerator.
 SHAPES = {
@@ -23,6 +26,23 @@ SHAPES = {
                      "text": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
                               "num_attention_heads": 32, "num_key_value_heads": 32, "max_position_embeddings": 4096}},
 }
+
+
+def benchmark_parser(doc: str, repeats: int = 5) -> argparse.ArgumentParser:
+    """A parser with what the pretraining benchmarks take besides their own options: --repeats, --out and config
+    overrides (KEY=VALUE)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--out", help="write the measured figures as JSON here")
+    parser.add_argument("overrides", nargs="*")
+    return parser
+
+
+def pretrain_setup(overrides: list[str]) -> tuple[DictConfig, Any, PretrainSettings, WorldBundle]:
+    """Config (torch threads set from it), the model's spec, the pretraining settings and the world they train on."""
+    cfg = load_config(overrides)
+    torch.set_num_threads(int(cfg.threads))
+    return cfg, model_spec(cfg), pretrain_settings(cfg), build_world(world_config(cfg))
 
 
 def unlok_setup(overrides: list[str], shape: str | None = None,

@@ -13,7 +13,6 @@ relative to the first row.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -24,10 +23,10 @@ import statistics
 import time
 
 import torch
+from common import benchmark_parser, pretrain_setup
 
-from mmunlearn.config import load_config, model_spec, pretrain_settings, world_config
 from mmunlearn.pretrain.batches import Encoder
-from mmunlearn.pretrain.pipeline import build_world, tiny_setup
+from mmunlearn.pretrain.pipeline import tiny_setup
 from mmunlearn.pretrain.tasks import training_pools
 from mmunlearn.pretrain.trainer import GroundingHook, Rehearsal, bucket_cuts, sample_batch, train_step
 from mmunlearn.pretrain.vision_warmup import VisionWarmup, identity_keys
@@ -38,16 +37,10 @@ REHEARSAL_SAMPLE = 2000  # pre-rendered warm-up renderings the rehearsal row dra
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--batches", type=int, default=6, help="batches drawn per curriculum stage")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", help="write the measured figures as JSON here")
-    parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    cfg = load_config(args.overrides)
-    torch.set_num_threads(int(cfg.threads))
-    spec, settings = model_spec(cfg), pretrain_settings(cfg)
-    bundle = build_world(world_config(cfg))
+    cfg, spec, settings, bundle = pretrain_setup(args.overrides)
     pools = training_pools(bundle.corpus)
     setup = tiny_setup(bundle, spec, settings)
     model, encoder, name_ids, word_ids = setup.model, setup.encoder, setup.name_ids, setup.word_ids

@@ -17,7 +17,6 @@ Prints median milliseconds per unit and the ratio.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -29,10 +28,10 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import benchmark_parser, pretrain_setup
 
-from mmunlearn.config import load_config, model_spec, pretrain_settings, world_config
 from mmunlearn.models.tiny_llava import world_image_processor
-from mmunlearn.pretrain.pipeline import build_world, tiny_setup
+from mmunlearn.pretrain.pipeline import tiny_setup
 from mmunlearn.pretrain.rendering import render_keys, same_size_kwargs
 from mmunlearn.pretrain.vision_warmup import VisionWarmup, identity_keys, identity_logits
 from mmunlearn.world import render as world_render
@@ -45,19 +44,13 @@ def _median_ms(samples: list[float], per: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__)
     parser.add_argument("--images", type=int, default=4096, help="identity keys rendered per repeat")
     parser.add_argument("--cards", type=int, default=2000, help="typography cards rendered per repeat")
     parser.add_argument("--steps", type=int, default=100, help="warm-up steps timed per repeat and variant")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", help="write the measured figures as JSON here")
-    parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    cfg = load_config(args.overrides)
-    torch.set_num_threads(int(cfg.threads))
-    spec, settings = model_spec(cfg), pretrain_settings(cfg)
+    cfg, spec, settings, bundle = pretrain_setup(args.overrides)
     warmup = settings.vision_warmup or VisionWarmup()
-    bundle = build_world(world_config(cfg))
     world, size = bundle.world, spec.image_size
     processor = world_image_processor(size)
     keys = random.Random(0).sample(identity_keys(world, warmup), args.images)
