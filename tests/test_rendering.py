@@ -1,4 +1,5 @@
-"""Rendering image keys in worker processes gives the one-process pixels, value for value, in order."""
+"""Rendering image keys: worker processes give the one-process pixels, value for value, in order; the skipped
+no-op processor steps and the kept typography glyphs change no pixel."""
 
 import random
 

@@ -35,9 +35,9 @@ def same_size_kwargs(image_processor: Any, size: int) -> dict[str, bool]:
     """Processor flags that skip a resize and a crop that would leave a `size` x `size` rendering as it is.
 
     A CLIP-style processor that resizes the shortest edge to `size` and crops `size` x `size` changes nothing in
-    such an image (Pillow's same-size resize returns a copy), yet those two steps cost as much as the rest of
-    the processor: a fifth of rendering the vision warm-up's identity set. Any other processor (smol's resizes
-    to its own size) gets no flags.
+    such an image (Pillow's same-size resize returns a copy), yet those two steps cost more than the rest of
+    the processor: about a tenth of rendering the vision warm-up's identity set. Any other processor (smol's
+    resizes to its own size) gets no flags.
     """
     resize, crop = getattr(image_processor, "size", None), getattr(image_processor, "crop_size", None)
     if (getattr(resize, "shortest_edge", None) == size and getattr(crop, "height", None) == size
