@@ -33,7 +33,7 @@ from mmunlearn.pretrain.vision_warmup import VisionWarmup, identity_keys
 
 VARIANTS = [("rows", "sdpa", False), ("padding", "sdpa", False), ("rows", "eager", False), ("padding", "eager", False),
             ("padding", "eager", True)]
-REHEARSAL_SAMPLE = 2000  # pre-rendered warm-up renderings the rehearsal row draws from
+REHEARSAL_SAMPLE = 2000  # pre-rendered warm-up renderings the rehearsal row draws from (all, if fewer)
 
 
 def main() -> None:
@@ -51,7 +51,8 @@ def main() -> None:
                for stage in settings.train.stages for _ in range(args.batches)]
     configs = {split: dataclasses.replace(settings.train, bucket_split=split) for split, _, _ in VARIANTS}
     warmup = settings.vision_warmup or VisionWarmup()
-    keys = random.Random(0).sample(identity_keys(bundle.world, warmup), REHEARSAL_SAMPLE)
+    identity = identity_keys(bundle.world, warmup)  # a small world may have fewer than the sample
+    keys = random.Random(0).sample(identity, min(REHEARSAL_SAMPLE, len(identity)))
     encoder.bank.pixels(keys)  # rendered once, as the warm-up leaves them
     rehearsal_batch = warmup.rehearsal or 64
     state = copy.deepcopy(model.state_dict())
