@@ -45,7 +45,7 @@ def main() -> None:
     setup = tiny_setup(bundle, spec, settings)
     model, encoder, name_ids, word_ids = setup.model, setup.encoder, setup.name_ids, setup.word_ids
     hook = GroundingHook(model.model.multi_modal_projector)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.train.lr, foreach=True)  # as the trainer
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.train.lr, foreach=True)  # foreach, as the trainer's
     draw = random.Random(0)
     batches = [(stage, sample_batch(pools, stage.weights, settings.train.batch_size, draw))
                for stage in settings.train.stages for _ in range(args.batches)]

@@ -47,10 +47,14 @@ def same_size_kwargs(image_processor: Any, size: int) -> dict[str, bool]:
     return {}
 
 
-def _render(world: World, image_processor: Any, size: int, keys: Sequence[ImageKey]) -> np.ndarray:
-    images = [render_key(world, key, size) for key in keys]
-    return image_processor(images=images, return_tensors="np",
+def pixel_values(image_processor: Any, images: list, size: int, return_tensors: str = "np") -> Any:
+    """The processor's pixel values of renderings drawn at `size`, without its steps that change nothing there."""
+    return image_processor(images=images, return_tensors=return_tensors,
                            **same_size_kwargs(image_processor, size))["pixel_values"]
+
+
+def _render(world: World, image_processor: Any, size: int, keys: Sequence[ImageKey]) -> np.ndarray:
+    return pixel_values(image_processor, [render_key(world, key, size) for key in keys], size)
 
 
 def _render_chunk(keys: Sequence[ImageKey]) -> np.ndarray:

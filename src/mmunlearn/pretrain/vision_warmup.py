@@ -19,7 +19,7 @@ from transformers import get_constant_schedule, get_cosine_schedule_with_warmup
 
 from mmunlearn.errors import ConfigError
 from mmunlearn.pretrain.batches import PixelBank
-from mmunlearn.pretrain.rendering import same_size_kwargs
+from mmunlearn.pretrain.rendering import pixel_values
 from mmunlearn.world.corpus import ImageKey
 from mmunlearn.world.entities import World
 from mmunlearn.world.images import augment_view
@@ -67,8 +67,7 @@ def render_pixels(world: World, image_processor, size: int, views: Sequence[tupl
     out = []
     for chunk in tqdm(chunks, desc=desc, disable=None if desc else True):
         images = [render_creature(world.creatures[c], size, v) for c, v in chunk]
-        out.append(image_processor(images=images, return_tensors="pt",
-                                   **same_size_kwargs(image_processor, size))["pixel_values"])
+        out.append(pixel_values(image_processor, images, size, return_tensors="pt"))
     return torch.cat(out)
 
 
