@@ -135,24 +135,17 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def _check_run_config(cfg: object, tracks: list[str]) -> None:
-    """Every name and setting of the tracks, checked before any work starts."""
-    from omegaconf import OmegaConf
-
-    from mmunlearn.experiments.safety import run_settings
+    """Every name and setting of the tracks and of the embedded model's pretraining, checked before any work."""
+    from mmunlearn.config import model_spec, pretrain_settings, world_config
+    from mmunlearn.experiments.safety import run_settings, suites_and_judges
     from mmunlearn.experiments.unlok import build_components, edit_overrides
 
+    world_config(cfg), model_spec(cfg), pretrain_settings(cfg)
     if "unlok" in tracks:
         edit_overrides(cfg, build_components(cfg)[0])
     if "safety" in tracks:
-        from mmunlearn.judges import get_judge
-        from mmunlearn.safety.suites import get_suite
-
         run_settings(cfg)
-        params = OmegaConf.to_container(cfg.safety.suite_params) or {}
-        for name in cfg.safety.suites:
-            get_suite(str(name), **(params.get(str(name)) or {}))
-        for name in cfg.safety.judges:
-            get_judge(str(name))
+        suites_and_judges(cfg)
 
 
 def _run_pooled(cfg: Any, run_dir: Path, tracks: list[str]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from mmunlearn.config_checks import at_least, check_values, field_hints
 from mmunlearn.errors import ConfigError
 from mmunlearn.models.smol_llava import SmolLlavaSpec
 from mmunlearn.models.tiny_llava import TinyLlavaSpec
@@ -24,6 +25,8 @@ from mmunlearn.pretrain.batches import TaskAugment
 from mmunlearn.pretrain.smol import AlignConfig, LoraSettings
 from mmunlearn.pretrain.trainer import Stage, TrainConfig
 from mmunlearn.pretrain.vision_warmup import VisionWarmup
+
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 1024  # pixels a side: a creature needs a few pixels; 1024 covers every family
 
 
 @dataclass(frozen=True)
@@ -33,14 +36,21 @@ class WorldConfig:
     heldout_share: float = 0.2
     image_size: int = 32
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.heldout_share < 1:  # NaN fails too
+            raise ConfigError(f"config world.heldout_share={self.heldout_share!r}: must be a share in [0, 1)")
+        if not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ConfigError(f"config world.image_size={self.image_size!r}: must be an integer in "
+                              f"[{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}]")
+
 
 @dataclass(frozen=True)
 class PretrainSettings:
     train: TrainConfig
-    n_augment: int
-    n_text_variants: int
-    eval_limit: int
-    log_every: int
+    n_augment: int = field(metadata=at_least(1))
+    n_text_variants: int = field(metadata=at_least(1))
+    eval_limit: int = field(metadata=at_least(1))
+    log_every: int = field(metadata=at_least(1))
     align: AlignConfig | None = None  # smol model only: the vision alignment stage
     lora: LoraSettings | None = None  # smol model only: the LoRA that teaches the LM the world
     vision_warmup: VisionWarmup | None = None  # tiny model only: identity training of the tower first
@@ -76,15 +86,9 @@ def _build(cls, node: Any, where: str):
     unknown = sorted(set(node) - set(fields))
     if unknown:
         raise ConfigError(f"config {where}: unknown key(s) {unknown}; known: {sorted(fields)}")
-    values = {}
-    for name, value in node.items():
-        expected = type(getattr(cls(), name)) if name in fields and fields[name].default is not dataclasses.MISSING \
-            else None
-        if expected in (int, float) and not isinstance(value, (int, float)) or expected is bool and \
-                not isinstance(value, bool):
-            raise ConfigError(f"config {where}.{name}: expected {expected.__name__}, got {value!r}")
-        values[name] = expected(value) if expected is float else value
-    return cls(**values)
+    check_values(cls, node, where)
+    hints = field_hints(cls)
+    return cls(**{name: float(value) if hints[name] is float else value for name, value in node.items()})
 
 
 def world_config(cfg: DictConfig) -> WorldConfig:
@@ -105,6 +109,10 @@ def model_spec(cfg: DictConfig) -> TinyLlavaSpec | SmolLlavaSpec:
     spec = _build(MODEL_KINDS[kind], node, "model")
     if spec.image_size % spec.patch_size:
         raise ConfigError(f"config model.patch_size={spec.patch_size}: must divide image_size={spec.image_size}")
+    for side in ("vision", "text"):
+        hidden, heads = getattr(spec, f"{side}_hidden", None), getattr(spec, f"{side}_heads", None)
+        if hidden is not None and heads is not None and hidden % heads:
+            raise ConfigError(f"config model.{side}_heads={heads}: must divide {side}_hidden={hidden}")
     return spec
 
 
@@ -146,6 +154,9 @@ def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
     vision = node.pop("vision_warmup", None)
     vision = _build(VisionWarmup, vision, "pretrain.vision_warmup") if vision is not None else None
     stages_node = node.pop("stages", [])
+    if not isinstance(stages_node, list) or not stages_node:
+        raise ConfigError(f"config pretrain.stages: expected a non-empty list of stages, got {stages_node!r}")
+    check_values(PretrainSettings, extra, "pretrain")
     stages = []
     for i, st in enumerate(stages_node):
         where = f"pretrain.stages[{i}]"
@@ -154,17 +165,15 @@ def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
         unknown = sorted(set(st) - {"name", "steps", "weights", "ground_weight"})
         if unknown:
             raise ConfigError(f"config {where}: unknown key(s) {unknown}")
-        stage = Stage(name=str(st["name"]), steps=int(st["steps"]),
-                      weights={k: float(v) for k, v in st["weights"].items()},
-                      ground_weight=float(st.get("ground_weight", 0.0)))
-        if stage.steps < 0:
-            raise ConfigError(f"config {where}.steps: must be >= 0")
-        stages.append(stage)
+        check_values(Stage, st, where)
+        stages.append(Stage(name=str(st["name"]), steps=st["steps"],
+                            weights={k: float(v) for k, v in st["weights"].items()},
+                            ground_weight=float(st.get("ground_weight", 0.0))))
     train = _build(TrainConfig, node, "pretrain")
     train = dataclasses.replace(train, stages=stages)
-    return PretrainSettings(train=train, n_augment=int(extra.get("n_augment", 16)),
-                            n_text_variants=int(extra.get("n_text_variants", 8)),
-                            eval_limit=int(extra.get("eval_limit", 600)), log_every=int(extra.get("log_every", 100)),
+    return PretrainSettings(train=train, n_augment=extra.get("n_augment", 16),
+                            n_text_variants=extra.get("n_text_variants", 8),
+                            eval_limit=extra.get("eval_limit", 600), log_every=extra.get("log_every", 100),
                             align=align, lora=lora, vision_warmup=vision,
                             task_augment=_task_augment(extra.get("task_augment") or {}))
 

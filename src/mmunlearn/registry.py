@@ -11,6 +11,7 @@ import difflib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
+from mmunlearn.config_checks import check_values
 from mmunlearn.errors import ConfigError
 
 T = TypeVar("T")
@@ -78,6 +79,8 @@ class Registry(Generic[T]):
         """An instance of `name` with `params`; an unknown parameter is a one-line error."""
         cls = self.cls(name)
         self.check_params(name, cls, params)
+        if dataclasses.is_dataclass(cls):
+            check_values(cls, params, f"{self.what} {name!r}", component=True)
         return cls(**params)
 
     def check_params(self, name: str, cls: type, params: Sequence[str] | dict[str, Any]) -> None:

@@ -69,3 +69,13 @@ def test_bad_names_fail_in_one_line_before_any_work(tmp_path, override, message,
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0]
     assert not (tmp_path / "never").exists()
+
+
+def test_data_file_without_records_fails_before_the_run_directory(tmp_path, capsys):
+    data = tmp_path / "empty.json"
+    data.write_text("[]")
+    code = main(["unlok", "run", "--out", str(tmp_path / "never"), f"unlok.data={data}", "unlok.n_facts=null",
+                 "paths.cache_dir=/nonexistent"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == [f"mmunlearn: error: {data}: no records to edit"]
+    assert not (tmp_path / "never").exists()

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mmunlearn.config_checks import at_least
 from mmunlearn.data.records import FactRecord
 from mmunlearn.defenses.editor import EditConfig, forward_terms, target_module_names, training_only
 from mmunlearn.defenses.slots import SlotFullDelta, SlotRouter, unwrap_modules, wrap_modules
@@ -31,13 +32,13 @@ NAME = "relearning"
 
 @dataclass(frozen=True)
 class RelearnConfig:
-    steps: int = 5
-    lr: float = 1e-3
+    steps: int = field(default=5, metadata=at_least(1))
+    lr: float = field(default=1e-3, metadata=at_least(0, strict=True))
     modules: tuple[str, ...] = ("down",)
-    layers: str = "all"
+    layers: str | int | tuple[int, ...] = "all"
     # Facts relearned at once hold one full weight change each (plus its gradient and AdamW moments): the
     # facts of a group are taken in chunks of at most this many parameters in all.
-    max_slot_params: int = 100_000_000
+    max_slot_params: int = field(default=100_000_000, metadata=at_least(1))
 
 
 def relearn_rows(benchmark: Benchmark, record: FactRecord) -> list[VLMInput]:

@@ -62,11 +62,13 @@ def _paraphrases(attribute: str) -> tuple[str, tuple[str, ...]]:
     return question, tuple(candidates[:N_PARAPHRASES])
 
 
-def world_records(corpus: Corpus, n_facts: int, seed: int) -> list[FactRecord]:
-    """`n_facts` facts drawn (seeded) from the image-form pairs the model was taught."""
+def world_records(corpus: Corpus, n_facts: int | None, seed: int) -> list[FactRecord]:
+    """`n_facts` facts drawn (seeded) from the image-form pairs the model was taught (None: all of them)."""
     world = corpus.world
     held = corpus.splits.heldout_pairs
     seen = [(c.index, a) for c in world.creatures for a in ATTRIBUTES if (c.index, a) not in held]
+    if n_facts is None:
+        n_facts = len(seen)
     if n_facts > len(seen):
         raise ConfigError(f"unlok.n_facts={n_facts}: the world has only {len(seen)} image-form facts "
                           f"({world.size} creatures); lower n_facts or raise size")
@@ -100,5 +102,5 @@ def world_records(corpus: Corpus, n_facts: int, seed: int) -> list[FactRecord]:
     return records
 
 
-def world_benchmark(corpus: Corpus, n_facts: int, seed: int, image_size: int) -> Benchmark:
+def world_benchmark(corpus: Corpus, n_facts: int | None, seed: int, image_size: int) -> Benchmark:
     return Benchmark("world", world_records(corpus, n_facts, seed), WorldImages(corpus.world, image_size))

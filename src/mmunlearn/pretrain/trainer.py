@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
+from mmunlearn.config_checks import at_least
 from mmunlearn.errors import ConfigError
 from mmunlearn.pretrain.batches import Batch, Encoder
 from mmunlearn.pretrain.prefix_cache import PrefixCache
@@ -63,21 +64,21 @@ def bucket_cuts(lengths: list[int], buckets: int, split: str) -> list[tuple[int,
 @dataclass
 class Stage:
     name: str
-    steps: int
-    weights: dict[str, float]
-    ground_weight: float = 0.0
+    steps: int = field(metadata=at_least(0))
+    weights: dict[str, float] = field(default_factory=dict)
+    ground_weight: float = field(default=0.0, metadata=at_least(0))
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
-    batch_size: int = 128
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    buckets: int = 3
+    seed: int = field(default=0, metadata=at_least(0))
+    batch_size: int = field(default=128, metadata=at_least(1))
+    lr: float = field(default=3e-3, metadata=at_least(0, strict=True))
+    min_lr_ratio: float = field(default=0.1, metadata=at_least(0, high=1))
+    warmup_steps: int = field(default=50, metadata=at_least(0))
+    weight_decay: float = field(default=0.01, metadata=at_least(0))
+    grad_clip: float = field(default=1.0, metadata=at_least(0, strict=True))
+    buckets: int = field(default=3, metadata=at_least(1))
     # How a sorted batch is cut into `buckets`: "rows" (equal row counts) or "padding" (the cuts that pad fewest
     # tokens: a few long hazard procedures no longer pad half the batch to their length).
     bucket_split: str = "rows"
@@ -86,7 +87,8 @@ class TrainConfig:
     attention: str = "sdpa"
     ground_tokens: bool = False  # ground every image token of a creature image, not only their mean
     sparse_logits: bool = False  # LM head on answer positions only (large vocabularies: most of the head's cost)
-    frozen_layers: int = 0  # bottom LM layers that never train: text rows' states there are cached (PrefixCache)
+    # Bottom LM layers that never train: text rows' states there are cached (PrefixCache).
+    frozen_layers: int = field(default=0, metadata=at_least(0))
     # The vision tower's learning rate as a share of `lr` (0 = frozen): a tower taught identity on many renderings
     # by the vision warm-up keeps that robustness when the curriculum's few renderings do not retrain it.
     vision_lr_scale: float = 1.0
@@ -100,6 +102,17 @@ class TrainConfig:
         if self.bucket_split not in BUCKET_SPLITS:
             raise ConfigError(f"config pretrain.bucket_split: one of {', '.join(BUCKET_SPLITS)}, "
                               f"got {self.bucket_split!r}")
+        if not known_attention(self.attention):
+            raise ConfigError(f"config pretrain.attention: {self.attention!r} is not an attention kernel of "
+                              f"transformers (eager, sdpa, flash_attention_2, ...)")
+
+
+def known_attention(name: str) -> bool:
+    """Whether transformers has an attention kernel of this name (a hub kernel `org/name` is taken on trust and
+    checked when the model switches to it), so a typo fails before the world is rendered, not at the first step."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    return name == "eager" or name in ALL_ATTENTION_FUNCTIONS or "/" in name
 
 
 @dataclass
