@@ -104,6 +104,7 @@ def test_packaged_configs_pass(check, model):
     (_unlok, "unlok.edit.verify_restore=abc", "unlok.edit.verify_restore"),
     (_unlok, "unlok.defense_params.head_projection.k=0", "'k'"),
     (_unlok, "unlok.defense_params.input_rephrasing.prefixes=[]", "'prefixes'"),
+    (_unlok, "unlok.defense_params.max_entropy.layers=top_halve", "'layers'"),
     (_unlok, "unlok.relearning.steps=abc", "unlok.relearning.steps"),
     (_unlok, "unlok.relearning.max_slot_params=0", "unlok.relearning.max_slot_params"),
     (_unlok, "+unlok.defense_edit.fact_erasure.lr=abc", "unlok.defense_edit.fact_erasure.lr"),

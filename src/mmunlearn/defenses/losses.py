@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from mmunlearn.config_checks import at_least
 from mmunlearn.errors import ConfigError
+from mmunlearn.models import layer_spec
 from mmunlearn.registry import Registry
 
 # Prefixes of the input-rephrasing defense (disjoint from the prefix attack's).
@@ -146,6 +147,12 @@ class LayerRangeDefense(Defense):
 
     needs_lens: ClassVar[bool] = True
     layers: str | int | tuple[int, ...] = "top_half"
+
+    def __post_init__(self) -> None:
+        # The range depends on the model (checked when the defense runs); a name that is no selection fails here.
+        if isinstance(self.layers, str) and self.layers not in layer_spec.NAMED and ":" not in self.layers:
+            raise ConfigError(f"defense {self.name!r}: parameter 'layers' {self.layers!r} is no layer selection; use "
+                              f"a list of hidden-state indices, one of {', '.join(layer_spec.NAMED)} or 'a:b'")
 
 
 @register_defense("head_projection")
