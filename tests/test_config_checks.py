@@ -79,7 +79,9 @@ def _safety(overrides):
 
 def _pretrain(overrides):
     cfg = load_config(overrides)
-    world_config(cfg), pretrain_settings(cfg), model_spec(cfg)
+    world_config(cfg)
+    pretrain_settings(cfg)
+    model_spec(cfg)
 
 
 @pytest.mark.parametrize("check", [_unlok, _safety, _pretrain])

@@ -140,7 +140,9 @@ def _check_run_config(cfg: object, tracks: list[str]) -> None:
     from mmunlearn.experiments.safety import run_settings, suites_and_judges
     from mmunlearn.experiments.unlok import build_components, edit_overrides
 
-    world_config(cfg), model_spec(cfg), pretrain_settings(cfg)
+    world_config(cfg)
+    model_spec(cfg)
+    pretrain_settings(cfg)
     if "unlok" in tracks:
         edit_overrides(cfg, build_components(cfg)[0])
     if "safety" in tracks:

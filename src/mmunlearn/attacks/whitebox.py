@@ -69,9 +69,7 @@ def _check_layers(attack: str, layers: Any) -> str | list[int] | None:
     if layers is None:
         return None
     if isinstance(layers, str):
-        if layers not in layer_spec.NAMED and ":" not in layers:
-            raise ConfigError(f"attack {attack!r}: parameter 'layers' {layers!r} is no layer selection; use a list "
-                              f"of hidden-state indices, one of {', '.join(layer_spec.NAMED)} or 'a:b'")
+        layer_spec.check_name(layers, f"attack {attack!r}: parameter 'layers'")
         return layers
     if isinstance(layers, bytes) or not hasattr(layers, "__iter__"):
         raise ConfigError(f"attack {attack!r}: parameter 'layers' must be a list of integers, got {layers!r}")

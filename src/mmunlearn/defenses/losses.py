@@ -149,10 +149,8 @@ class LayerRangeDefense(Defense):
     layers: str | int | tuple[int, ...] = "top_half"
 
     def __post_init__(self) -> None:
-        # The range depends on the model (checked when the defense runs); a name that is no selection fails here.
-        if isinstance(self.layers, str) and self.layers not in layer_spec.NAMED and ":" not in self.layers:
-            raise ConfigError(f"defense {self.name!r}: parameter 'layers' {self.layers!r} is no layer selection; use "
-                              f"a list of hidden-state indices, one of {', '.join(layer_spec.NAMED)} or 'a:b'")
+        if isinstance(self.layers, str):  # the range depends on the model and is checked when the defense runs
+            layer_spec.check_name(self.layers, f"defense {self.name!r}: parameter 'layers'")
 
 
 @register_defense("head_projection")

@@ -13,6 +13,14 @@ from mmunlearn.errors import ConfigError
 NAMED = ("all", "top_half", "top_third", "last", "mid", "quarter", "unlok_edit")
 
 
+def check_name(spec: str, what: str) -> None:
+    """A selection given as a string names a range or is a slice: checked when a config is read, before the
+    model (and so its layer count) is known."""
+    if spec not in NAMED and ":" not in spec:
+        raise ConfigError(f"{what} {spec!r} is no layer selection; use a list of hidden-state indices, one of "
+                          f"{', '.join(NAMED)} or 'a:b'")
+
+
 def resolve_layers(spec: str | int | Sequence[int], n: int, what: str = "layers") -> list[int]:
     """Indices in [0, n) for `spec`: a name in NAMED, an int, a list of ints, or a slice string 'a:b'.
 

@@ -78,7 +78,7 @@ class TrainConfig:
     warmup_steps: int = field(default=50, metadata=at_least(0))
     weight_decay: float = field(default=0.01, metadata=at_least(0))
     grad_clip: float = field(default=1.0, metadata=at_least(0, strict=True))
-    buckets: int = field(default=3, metadata=at_least(1))
+    buckets: int = 3
     # How a sorted batch is cut into `buckets`: "rows" (equal row counts) or "padding" (the cuts that pad fewest
     # tokens: a few long hazard procedures no longer pad half the batch to their length).
     bucket_split: str = "rows"
