@@ -188,24 +188,25 @@ def _run_one(overrides: list[str], out: str | None, tracks: list[str]) -> None:
     from mmunlearn.experiments.safety import run_safety
     from mmunlearn.experiments.unlok import run_unlok
     from mmunlearn.runner.manifest import git_sha, now, package_versions
-    from mmunlearn.runner.run_dir import claim, finish_manifest
+    from mmunlearn.runner.run_dir import claimed, finish_manifest
 
     cfg = load_config(overrides)
     _check_run_config(cfg, tracks)
     run_dir = Path(out or Path(str(cfg.paths.output_dir)) / "run")
-    resumed = claim(run_dir, OmegaConf.to_container(cfg, resolve=True),
-                    {"tracks": tracks, "started": now(), "versions": package_versions(), "git_sha": git_sha()})
-    print(f"run directory {run_dir}{' (resuming)' if resumed else ''}")
-    _run_pooled(cfg, run_dir, tracks)
-    if "unlok" in tracks:
-        result = run_unlok(cfg, run_dir / "unlok")
-        print("\nUnLOK attack success:")
-        print(result.summary["tables"]["attack_success"])
-    if "safety" in tracks:
-        summary, _ = run_safety(cfg, run_dir / "safety")
-        asr = [k for k in summary["tables"] if k.startswith("asr/")]
-        print(f"\nsafety attack success rate ({asr[0][4:]}):")
-        print(summary["tables"][asr[0]])
+    with claimed(run_dir, OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
+                 {"tracks": tracks, "started": now(), "versions": package_versions(), "git_sha": git_sha()}) \
+            as resumed:  # a failed start withdraws the claim
+        print(f"run directory {run_dir}{' (resuming)' if resumed else ''}")
+        _run_pooled(cfg, run_dir, tracks)
+        if "unlok" in tracks:
+            result = run_unlok(cfg, run_dir / "unlok")
+            print("\nUnLOK attack success:")
+            print(result.summary["tables"]["attack_success"])
+        if "safety" in tracks:
+            summary, _ = run_safety(cfg, run_dir / "safety")
+            asr = [k for k in summary["tables"] if k.startswith("asr/")]
+            print(f"\nsafety attack success rate ({asr[0][4:]}):")
+            print(summary["tables"][asr[0]])
     finish_manifest(run_dir, finished=now())
     from mmunlearn.report import build_report
 

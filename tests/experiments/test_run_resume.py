@@ -174,6 +174,20 @@ def test_a_directory_of_another_config_is_refused(reference, tmp_path, micro_ove
     assert code == 2 and len(err) == 1 and "another config" in err[0]
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_run_whose_model_does_not_load_leaves_no_claim_behind(tmp_path, micro_overrides, capsys, workers):
+    empty = tmp_path / "empty-model"
+    empty.mkdir()
+    bad_model = [f"unlok.model={empty}", f"safety.model={empty}", f"unlok.workers={workers}"]
+    run = tmp_path / "run"
+    for seed in ("0", "5"):  # the second config is not refused as "another config": nothing was claimed
+        code = main(["run", "--out", str(run), *micro_overrides, *FAST, *bad_model, f"unlok.seed={seed}",
+                     f"paths.cache_dir={tmp_path}/c"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "no config.json" in err[0]
+        assert list(run.iterdir()) == []
+
+
 def test_unwritable_output_directory_fails_before_work(tmp_path, micro_overrides, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

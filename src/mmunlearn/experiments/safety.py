@@ -32,6 +32,7 @@ from mmunlearn.runner.manifest import git_sha, now, package_versions, write_json
 from mmunlearn.runner.run_dir import (
     Units,
     claim,
+    claimed,
     data_fingerprint,
     finish_manifest,
     model_fingerprint,
@@ -217,11 +218,11 @@ def evaluate(adapter: VLMAdapter, run: str, data: SafetyData, suites: dict[str, 
     return rows
 
 
-def claim_safety(cfg: DictConfig, out_dir: Path) -> bool:
-    """Create or resume the track's directory for this config (True when resuming)."""
-    return claim(out_dir, OmegaConf.to_container(cfg, resolve=True),
-                 {"seeds": {"safety": int(cfg.safety.seed)}, "started": now(), "versions": package_versions(),
-                  "git_sha": git_sha()})
+def safety_manifest(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config and the other fields the track's manifest records when it claims a directory."""
+    return (OmegaConf.to_container(cfg, resolve=True),  # type: ignore[return-value]
+            {"seeds": {"safety": int(cfg.safety.seed)}, "started": now(), "versions": package_versions(),
+             "git_sha": git_sha()})
 
 
 def suites_and_judges(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -235,7 +236,7 @@ def pending_runs(cfg: DictConfig, out_dir: Path) -> list[int]:
     """Claim `out_dir` and return the indices of the configured runs not finished in it."""
     runs = run_settings(cfg)[0]
     suites_and_judges(cfg)
-    claim_safety(cfg, out_dir)
+    claim(out_dir, *safety_manifest(cfg))
     units = Units(out_dir)
     return [i for i, run in enumerate(runs) if units.load(i, run) is None]
 
@@ -289,12 +290,12 @@ def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = prin
     suites_and_judges(cfg)
     configured_device(cfg)
     t0 = time.perf_counter()
-    resumed = claim_safety(cfg, out_dir)
-    units = Units(out_dir)
     rows: list[dict[str, Any]] = []
     compute: dict[str, Any] = {}
     timings: dict[str, Any] = {}
-    with SafetyRunner(cfg, log) as runner:
+    with claimed(out_dir, *safety_manifest(cfg)) as resumed, \
+            SafetyRunner(cfg, log) as runner:  # a failed start withdraws the claim
+        units = Units(out_dir)
         runs, data, suites, judges = runner.runs, runner.data, runner.suites, runner.judges
         log(f"safety: runs {', '.join(runs)}; {len(suites)} suites x {len(data.attack_set)} harmful requests; "
             f"judges {', '.join(judges)}; on {runner.adapter.name}{' (resuming)' if resumed else ''}")

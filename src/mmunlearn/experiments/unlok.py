@@ -34,6 +34,7 @@ from mmunlearn.runner.manifest import git_sha, now, package_versions, write_json
 from mmunlearn.runner.run_dir import (
     Units,
     claim,
+    claimed,
     data_fingerprint,
     finish_manifest,
     model_fingerprint,
@@ -288,11 +289,11 @@ def unit_key(chunk: Sequence[Any], group: int) -> str:
     return chunk[0].id if group == 1 else f"{chunk[0].id}+{len(chunk) - 1}"
 
 
-def claim_unlok(cfg: DictConfig, out_dir: Path) -> bool:
-    """Create or resume the track's directory for this config (True when resuming)."""
-    return claim(out_dir, OmegaConf.to_container(cfg, resolve=True),
-                 {"seeds": {"unlok": int(cfg.unlok.seed)}, "started": now(), "versions": package_versions(),
-                  "git_sha": git_sha()})
+def unlok_manifest(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config and the other fields the track's manifest records when it claims a directory."""
+    return (OmegaConf.to_container(cfg, resolve=True),  # type: ignore[return-value]
+            {"seeds": {"unlok": int(cfg.unlok.seed)}, "started": now(), "versions": package_versions(),
+             "git_sha": git_sha()})
 
 
 def _pending(benchmark: Benchmark, units: Units, group: int) -> list[int]:
@@ -304,7 +305,7 @@ def pending_groups(cfg: DictConfig, out_dir: Path) -> list[int]:
     """Claim `out_dir` and return the first record of each group of facts not finished in it."""
     build_components(cfg)
     benchmark = load_benchmark(cfg)
-    claim_unlok(cfg, out_dir)
+    claim(out_dir, *unlok_manifest(cfg))
     return _pending(benchmark, Units(out_dir), group_size(cfg))
 
 
@@ -323,15 +324,14 @@ def run_unlok(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print
     workers = configured_workers(cfg)
     t0 = time.perf_counter()
     benchmark = load_benchmark(cfg)  # a bad data file fails before the run directory is claimed
-    resumed = claim_unlok(cfg, out_dir)
-    adapter = load_model(cfg, log)
-    units = Units(out_dir)
     records = benchmark.records
     group = group_size(cfg)
     starts = list(range(0, len(records), group))
-    pending = _pending(benchmark, units, group)
-    workers = min(workers, max(1, len(pending)))
-    with GroupRunner(cfg, benchmark, adapter) as runner:
+    with claimed(out_dir, *unlok_manifest(cfg)) as resumed, \
+            GroupRunner(cfg, benchmark, load_model(cfg, log)) as runner:  # a failed start withdraws the claim
+        adapter, units = runner.adapter, Units(out_dir)
+        pending = _pending(benchmark, units, group)
+        workers = min(workers, max(1, len(pending)))
         log(f"unlok: {len(benchmark)} facts, {len(runner.defenses)} defenses, {len(runner.attacks)} attacks"
             f"{' + relearning' if runner.relearn_config else ''} on {adapter.name}"
             f"{f', {workers} worker processes' if workers > 1 else ''}{' (resuming)' if resumed else ''}")

@@ -4,7 +4,9 @@ Layout of one track (`RUN_DIR/<track>/`): `units/<key>.json` (one finished unit 
 and a rename, so a unit is either complete or absent), then, once every unit is there, `samples.jsonl`,
 `summary.json` (deterministic: no timings, so the same seed and config give the same bytes) and
 `timings.json` (wall times and memory, which vary run to run). `RUN_DIR/manifest.json` holds the resolved
-config and its hash; a directory holding another config is refused rather than mixed.
+config and its hash; a directory holding another config is refused rather than mixed. A fresh claim whose run
+fails before any unit is finished (a model that does not load, a worker that dies at once) is withdrawn, so a
+failed start leaves nothing that refuses the next config.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +24,7 @@ from mmunlearn.errors import ConfigError
 from mmunlearn.runner.manifest import write_json_atomic
 
 MANIFEST = "manifest.json"
+UNITS = "units"
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -58,6 +63,46 @@ def claim(run_dir: Path, config: dict[str, Any], extra: dict[str, Any]) -> bool:
     return False
 
 
+@contextmanager
+def claimed(run_dir: Path, config: dict[str, Any], extra: dict[str, Any]) -> Iterator[bool]:
+    """`claim` around a run's work (yields True when resuming): a fresh claim whose work fails before any unit
+    is finished is withdrawn, so a model that does not load leaves no directory that refuses the next config.
+
+    Only this package's manifests and the folders the claim made, left empty, are removed; a finished unit (this
+    call's or a worker's) keeps the whole directory, so the next call resumes it. A resumed claim is untouched.
+    """
+    resumed = claim(run_dir, config, extra)
+    try:
+        yield resumed
+    except BaseException:
+        if not resumed:
+            withdraw(run_dir)
+        raise
+
+
+def withdraw(run_dir: Path) -> bool:
+    """Remove the manifests of a claim that holds no finished unit; True when withdrawn.
+
+    A claim spans `run_dir` and its tracks' folders one level down (`run_dir/<track>/units/...`), and nothing
+    deeper is looked at, so an `--out` that holds other runs further down is safe."""
+    levels = [run_dir, *(p for p in sorted(run_dir.iterdir()) if p.is_dir())] if run_dir.is_dir() else []
+    if not levels or any(any((level / UNITS).glob("*.json")) for level in levels):
+        return False
+    for level in levels:
+        manifest = level / MANIFEST
+        try:
+            ours = "config_hash" in json.loads(manifest.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            ours = False
+        if ours:
+            manifest.unlink()
+        if level != run_dir:  # `run_dir` itself stays: it may be the user's own directory
+            for folder in (level / UNITS, level):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+    return True
+
+
 def finish_manifest(run_dir: Path, **fields: Any) -> None:
     path = run_dir / MANIFEST
     data = json.loads(path.read_text(encoding="utf-8"))
@@ -75,7 +120,7 @@ class Units:
     """Finished units of one track, read back on resume."""
 
     def __init__(self, track_dir: Path) -> None:
-        self.dir = track_dir / "units"
+        self.dir = track_dir / UNITS
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, index: int, key: str) -> Path:
