@@ -59,6 +59,10 @@ def test_validate_bad_file_is_one_line(tmp_path, capsys):
     assert str(bad) in line and "record 'a'" in line and "field 'loc'" in line
     assert run(["validate", str(tmp_path / "absent.json")]) == 2
     assert "not found" in one_error_line(capsys)
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    assert run(["validate", str(empty)]) == 2
+    assert str(empty) in (line := one_error_line(capsys)) and "no records" in line
 
 
 def _write_items(tmp_path):

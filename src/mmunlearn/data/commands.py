@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mmunlearn.data.records import TIERS, Benchmark
-from mmunlearn.errors import ConfigError
+from mmunlearn.errors import ConfigError, DataError
 
 DEFAULT_N_FACTS = 200
 
@@ -76,6 +76,8 @@ def cmd_validate(args: argparse.Namespace) -> None:
     from mmunlearn.data.unlok_format import read_unlok_json
 
     benchmark = read_unlok_json(args.file, args.images, missing=args.missing)
+    if not benchmark.records:
+        raise DataError(f"{args.file}: no records (a benchmark needs at least one fact to edit)")
     print(f"{args.file}: {len(benchmark)} records valid")
     print("\n".join(coverage_lines(benchmark)))
     if args.decode:
