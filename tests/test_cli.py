@@ -46,3 +46,39 @@ def test_pretrain_prints_table_and_path_last(tmp_path, micro_overrides):
     assert lines[-1].startswith(str(tmp_path)) and "| naming (image -> creature name) |" in proc.stdout
     again = run_cli("pretrain", *micro_overrides, f"paths.cache_dir={tmp_path}")
     assert again.stdout.strip().splitlines()[-1] == lines[-1] and "cached" in again.stdout
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_an_output_path_that_cannot_be_written_is_one_line_before_any_work(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    for command in (["world", "build", "--out", str(blocker / "world.json")],
+                    ["world", "show", "--out", str(blocker / "sheet.png")],
+                    ["unlok", "export", "--out", str(blocker / "bench")]):
+        assert main([*command, "world.size=10"]) == 2
+        assert f"output directory {blocker} is not writable" in _one_error(capsys)
+
+
+def test_a_file_system_error_while_writing_names_the_file_in_one_line(tmp_path, capsys):
+    taken = tmp_path / "sheet.png"
+    taken.mkdir()  # a directory where the contact sheet is to go
+    assert main(["world", "show", "--out", str(taken), "--rows", "2", "world.size=10"]) == 2
+    assert str(taken) in _one_error(capsys)
+
+
+def test_an_unwritable_cache_fails_before_training(tmp_path, micro_overrides, capsys, monkeypatch):
+    import mmunlearn.pretrain.pipeline as pipeline
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(pipeline, "_pretrain_into", no_training)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert main(["pretrain", *micro_overrides, f"paths.cache_dir={blocker}"]) == 2
+    assert f"cache directory {blocker / 'models'} is not writable" in _one_error(capsys)

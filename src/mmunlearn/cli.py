@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,9 +20,13 @@ def cmd_world_build(args: argparse.Namespace) -> None:
     from mmunlearn.config import load_config, world_config
     from mmunlearn.pretrain.pipeline import build_world
     from mmunlearn.runner.manifest import write_json_atomic
+    from mmunlearn.runner.run_dir import check_writable
 
     cfg = load_config(args.overrides)
-    bundle = build_world(world_config(cfg))
+    wcfg = world_config(cfg)
+    if args.out:
+        check_writable(Path(args.out).parent)
+    bundle = build_world(wcfg)
     w = bundle.world
     n_facts = sum(len(c.attributes) for c in w.creatures)
     print(f"world seed {w.seed}: {w.size} creatures, {n_facts} facts, "
@@ -35,17 +38,18 @@ def cmd_world_build(args: argparse.Namespace) -> None:
 
 def cmd_world_show(args: argparse.Namespace) -> None:
     from mmunlearn.config import load_config, world_config
+    from mmunlearn.runner.manifest import atomic_file
+    from mmunlearn.runner.run_dir import check_writable
     from mmunlearn.world.contact_sheet import contact_sheet
     from mmunlearn.world.entities import generate_world
 
     cfg = load_config(args.overrides)
     wcfg = world_config(cfg)
     out = Path(args.out or Path(str(cfg.paths.output_dir)) / "world_contact_sheet.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(out.parent)
     sheet = contact_sheet(generate_world(wcfg.seed, wcfg.size), rows=args.rows, image_size=wcfg.image_size)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    sheet.save(tmp)
-    os.replace(tmp, out)
+    with atomic_file(out) as tmp:
+        sheet.save(tmp, format="PNG")
     print(out)
 
 
@@ -267,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except MMUnlearnError as exc:
         print(f"mmunlearn: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file that cannot be read or written (disk full, permissions ...): name it in one line
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)  # a rename names both
+        print(f"mmunlearn: error: {where + ': ' if where else ''}{exc.strerror or exc}", file=sys.stderr)
         return 2
     return 0
 

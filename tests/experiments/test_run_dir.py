@@ -55,3 +55,16 @@ def test_the_users_own_files_and_deeper_runs_stay(tmp_path):
     assert (run / "notes" / "plan.txt").read_text() == "mine"
     assert (older / MANIFEST).is_file()
     assert not (run / MANIFEST).exists() and not (run / "unlok").exists()
+
+
+def test_an_atomic_file_is_renamed_into_place_whole_or_leaves_nothing(tmp_path):
+    from mmunlearn.runner.manifest import atomic_file
+
+    target = tmp_path / "out" / "sheet.txt"
+    with atomic_file(target) as tmp:
+        tmp.write_text("whole")
+    assert target.read_text() == "whole" and sorted(p.name for p in target.parent.iterdir()) == ["sheet.txt"]
+    with pytest.raises(OSError), atomic_file(target) as tmp:
+        tmp.write_text("half")
+        raise OSError("disk full")
+    assert target.read_text() == "whole" and sorted(p.name for p in target.parent.iterdir()) == ["sheet.txt"]

@@ -79,3 +79,18 @@ def test_data_file_without_records_fails_before_the_run_directory(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err == [f"mmunlearn: error: {data}: no records to edit"]
     assert not (tmp_path / "never").exists()
+
+
+def test_export_draws_the_facts_unlok_run_would_edit(tmp_path, micro_overrides, capsys):
+    from mmunlearn.config import load_config
+    from mmunlearn.data.unlok_format import read_unlok_json
+    from mmunlearn.experiments.unlok import load_benchmark
+
+    chosen = ["unlok.n_facts=4", "unlok.seed=3"]
+    assert main(["unlok", "export", "--out", str(tmp_path / "bench"), *micro_overrides, *chosen]) == 0
+    exported = read_unlok_json(next((tmp_path / "bench").glob("*.json")), None)
+    edited = load_benchmark(load_config([*micro_overrides, *chosen]))
+    assert [r.id for r in exported.records] == [r.id for r in edited.records] and len(edited.records) == 4
+    assert main(["unlok", "export", "--out", str(tmp_path / "two"), "--n-facts", "2", *micro_overrides,
+                 *chosen]) == 0  # the option still wins over the config
+    assert len(read_unlok_json(next((tmp_path / "two").glob("*.json")), None).records) == 2

@@ -13,8 +13,6 @@ from typing import Any
 from mmunlearn.data.records import TIERS, Benchmark
 from mmunlearn.errors import ConfigError, DataError
 
-DEFAULT_N_FACTS = 200
-
 
 def _overrides(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -31,13 +29,20 @@ def cmd_export(args: argparse.Namespace) -> None:
     from mmunlearn.config import load_config, world_config
     from mmunlearn.data.unlok_format import write_unlok_json
     from mmunlearn.data.world_benchmark import world_benchmark
+    from mmunlearn.experiments.unlok import check_keys
     from mmunlearn.pretrain.pipeline import build_world
+    from mmunlearn.runner.run_dir import check_writable
 
-    if args.n_facts < 1:
+    if args.n_facts is not None and args.n_facts < 1:
         raise ConfigError(f"--n-facts {args.n_facts}: must be >= 1")
-    wcfg = world_config(load_config(args.overrides))
+    cfg = load_config(args.overrides)
+    check_keys(cfg)
+    wcfg = world_config(cfg)
+    check_writable(Path(args.out).parent)  # the export is built beside its folder, then renamed onto it
+    n_facts = cfg.unlok.n_facts if args.n_facts is None else args.n_facts  # as `unlok run` draws them
+    seed = int(cfg.unlok.seed if args.seed is None else args.seed)
     bundle = build_world(wcfg)
-    benchmark = world_benchmark(bundle.corpus, args.n_facts, args.seed, wcfg.image_size)
+    benchmark = world_benchmark(bundle.corpus, n_facts, seed, wcfg.image_size)
     path = write_unlok_json(benchmark, Path(args.out), image_format=args.image_format)
     print(f"wrote {len(benchmark)} records")
     print(path)
@@ -159,8 +164,8 @@ def add_unlok_data_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add `export`, `validate`, `review-sheet` and `build` to the `unlok` subcommand group."""
     export = subparsers.add_parser("export", help="write the embedded world benchmark as UnLOK-VQA JSON + images")
     export.add_argument("--out", required=True, help="output folder (created; an earlier export there is replaced)")
-    export.add_argument("--n-facts", type=int, default=DEFAULT_N_FACTS, help="facts to export")
-    export.add_argument("--seed", type=int, default=0, help="seed that draws the facts")
+    export.add_argument("--n-facts", type=int, help="facts to export (default: unlok.n_facts, as `unlok run`)")
+    export.add_argument("--seed", type=int, help="seed that draws the facts (default: unlok.seed, as `unlok run`)")
     export.add_argument("--image-format", choices=("jpeg", "png"), default="jpeg",
                         help="jpeg (.jpg, what the reference code reads) or png (lossless)")
     _overrides(export)

@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -49,6 +47,7 @@ from mmunlearn.data.records import (
 from mmunlearn.data.unlok_format import image_refs
 from mmunlearn.errors import ConfigError, DataError
 from mmunlearn.registry import FactoryRegistry
+from mmunlearn.runner.manifest import atomic_file
 
 N_NEIGHBOUR_QUESTIONS = 3
 
@@ -743,18 +742,6 @@ function saveKept() {
 """
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temp file beside `path`, then rename, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _review_images(benchmark: Benchmark, out: Path) -> dict[str, str]:
     """Each referenced image copied to `images/<n>.png` beside the sheet; ref -> relative path."""
     refs = image_refs(benchmark.records)
@@ -763,7 +750,8 @@ def _review_images(benchmark: Benchmark, out: Path) -> dict[str, str]:
     for n, ref in enumerate(tqdm(refs, desc="copying review images", unit="img", disable=None)):
         rel = f"images/{n:05d}.png"
         image = benchmark.image(ref)
-        _write_atomic(out / rel, lambda p, im=image: im.save(p, format="PNG"))
+        with atomic_file(out / rel) as tmp:
+            image.save(tmp, format="PNG")
         paths[ref] = rel
     return paths
 
@@ -801,16 +789,14 @@ def export_review_sheet(benchmark: Benchmark, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     paths = _review_images(benchmark, out)
 
-    def write_csv(p: Path) -> None:
-        with p.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=REVIEW_COLUMNS)
-            writer.writeheader()
-            writer.writerows(_review_row(r, paths) for r in benchmark.records)
-
-    _write_atomic(out / "review.csv", write_csv)
+    with atomic_file(out / "review.csv") as tmp, tmp.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=REVIEW_COLUMNS)
+        writer.writeheader()
+        writer.writerows(_review_row(r, paths) for r in benchmark.records)
     html = Environment(autoescape=True).from_string(_REVIEW_TEMPLATE).render(
         name=benchmark.name, cards=[_card(r, paths) for r in benchmark.records])
-    _write_atomic(out / "review.html", lambda p: p.write_text(html, encoding="utf-8"))
+    with atomic_file(out / "review.html") as tmp:
+        tmp.write_text(html, encoding="utf-8")
     return out
 
 

@@ -28,7 +28,7 @@ from mmunlearn.experiments.safety_summary import safety_report, summarize_safety
 from mmunlearn.judges import JudgeInput, get_judge
 from mmunlearn.metrics.accuracy import contains_answer
 from mmunlearn.models.adapters.base import VLMAdapter, VLMInput
-from mmunlearn.runner.manifest import git_sha, now, package_versions, write_json_atomic
+from mmunlearn.runner.manifest import atomic_file, git_sha, now, package_versions, write_json_atomic
 from mmunlearn.runner.run_dir import (
     Units,
     claim,
@@ -172,9 +172,9 @@ def save_image(image: Any, images_dir: Path) -> str:
     """Store an attack input's image once, named by its content; returns its reference."""
     ref = hashlib.blake2b(image.tobytes() + repr(image.size).encode(), digest_size=10).hexdigest()
     path = images_dir / f"{ref}.png"
-    if not path.exists():
-        images_dir.mkdir(parents=True, exist_ok=True)
-        image.save(path)
+    if not path.exists():  # written whole or not at all: a run killed here must not keep half an image
+        with atomic_file(path) as tmp:
+            image.save(tmp, format="PNG")
     return ref
 
 

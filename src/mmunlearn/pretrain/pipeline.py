@@ -32,6 +32,7 @@ from mmunlearn.pretrain.tasks import MEASURES, training_pools
 from mmunlearn.pretrain.trainer import Rehearsal, StepLog, attention_kernel, train
 from mmunlearn.pretrain.vision_warmup import identity_keys, warm_up_tower
 from mmunlearn.runner.manifest import atomic_dir, manifest, now, write_json_atomic
+from mmunlearn.runner.run_dir import check_writable
 from mmunlearn.world.corpus import Corpus, Splits, reading_words
 from mmunlearn.world.entities import World, generate_world
 
@@ -182,6 +183,7 @@ def pretrain(cfg: DictConfig, force: bool = False, log: Callable[[str], None] = 
             check_model_dir(final)
             log(f"reusing cached model {final}")
             return PretrainResult(final, True, json.loads((final / REPORT_FILE).read_text()))
+        check_writable(final.parent, "cache directory")  # before training, not when saving its result
         return _pretrain_into(final, cfg, wcfg, spec, settings, key, log)
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mmunlearn.errors import ConfigError
-from mmunlearn.runner.manifest import write_json_atomic
+from mmunlearn.runner.manifest import atomic_file, write_json_atomic
 
 MANIFEST = "manifest.json"
 UNITS = "units"
@@ -33,15 +33,15 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def check_writable(path: Path) -> None:
-    """Fail in one line, before any work, when `path` cannot be created or written."""
+def check_writable(path: Path, what: str = "output directory") -> None:
+    """Fail in one line, before any work, when the directory `path` cannot be created or written."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
         probe.write_text("ok", encoding="utf-8")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"output directory {path} is not writable ({exc.strerror or exc})") from None
+        raise ConfigError(f"{what} {path} is not writable ({exc.strerror or exc})") from None
 
 
 def claim(run_dir: Path, config: dict[str, Any], extra: dict[str, Any]) -> bool:
@@ -141,11 +141,9 @@ class Units:
 
 
 def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, sort_keys=True) + "\n")
-    os.replace(tmp, path)
 
 
 def model_fingerprint(name_or_path: str) -> dict[str, Any]:
