@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mmunlearn.config import load_config
-from mmunlearn.errors import CacheError, ConfigError
+from mmunlearn.errors import CacheError, ConfigError, MMUnlearnError
+from mmunlearn.models.adapters import load_adapter
 from mmunlearn.models.tiny_llava import build_model
 from mmunlearn.pretrain.batches import Encoder, PixelBank, TaskAugment
 from mmunlearn.pretrain.evaluate import answer_matches, generate, is_refusal, normalize_answer
@@ -155,6 +156,15 @@ def test_other_config_is_a_cache_miss(micro_cfg, tmp_path, micro_overrides):
 
 def test_corrupt_cache_is_a_one_line_error(micro_cfg):
     first = pretrain(micro_cfg, log=lambda s: None)
+    weights = (first.path / "model.safetensors").read_bytes()
+    for cut in (len(weights) - 1000, 20):  # the tensors cut short; the header itself cut short
+        (first.path / "model.safetensors").write_bytes(weights[:cut])
+        with pytest.raises(CacheError, match="model.safetensors: unreadable weights") as info:
+            pretrain(micro_cfg, log=lambda s: None)  # before reusing it, not when a track loads it
+        assert "\n" not in str(info.value)
+        with pytest.raises(MMUnlearnError, match="cannot load model weights") as info:
+            load_adapter(str(first.path))  # the same folder given as any model: one line too
+        assert "\n" not in str(info.value)
     (first.path / "model.safetensors").write_bytes(b"")
     with pytest.raises(CacheError, match="model.safetensors") as info:
         pretrain(micro_cfg, log=lambda s: None)

@@ -18,6 +18,9 @@ class CacheError(MMUnlearnError):
 
 
 def one_line(text: object, limit: int = 300) -> str:
-    """Whitespace collapsed and truncated, so a wrapped library error stays a one-line message."""
+    """Whitespace collapsed and truncated, so a wrapped library error stays a one-line message (an exception
+    without a message gives its type's name)."""
     flat = " ".join(str(text).split())
+    if not flat and isinstance(text, BaseException):
+        flat = type(text).__name__
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."

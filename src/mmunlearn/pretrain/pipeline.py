@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from mmunlearn.config import PretrainSettings, WorldConfig, cache_dir, model_spec, pretrain_settings, world_config
-from mmunlearn.errors import CacheError, ConfigError
+from mmunlearn.errors import CacheError, ConfigError, one_line
 from mmunlearn.metrics.bootstrap import cluster_bootstrap_ci
 from mmunlearn.models.smol_llava import SmolLlavaSpec
 from mmunlearn.models.tiny_llava import TinyLlavaSpec, build_model, build_processor, build_tokenizer
@@ -86,6 +86,20 @@ def check_model_dir(path: Path) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CacheError(f"{path}: unreadable JSON ({exc.msg if hasattr(exc, 'msg') else exc}); rerun with --force") \
             from None
+    check_safetensors(path / "model.safetensors")
+
+
+def check_safetensors(path: Path) -> None:
+    """Raises CacheError when a weights file's header does not describe the file (truncated or not safetensors);
+    reads the header only, so it costs microseconds even for a large model."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as weights:
+            weights.keys()
+    except (SafetensorError, OSError) as exc:
+        raise CacheError(f"{path}: unreadable weights ({one_line(exc)}); corrupt cache, rerun with --force") \
+            from None
 
 
 def load_pretrained(path: Path):
@@ -97,7 +111,7 @@ def load_pretrained(path: Path):
         model = AutoModelForImageTextToText.from_pretrained(path, use_safetensors=True)
         processor = AutoProcessor.from_pretrained(path)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise CacheError(f"{path}: cannot load model ({str(exc).splitlines()[0]}); rerun with --force") from None
+        raise CacheError(f"{path}: cannot load model ({one_line(exc)}); rerun with --force") from None
     model.eval()
     return model, processor
 

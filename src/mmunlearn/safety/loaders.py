@@ -63,7 +63,7 @@ from PIL import Image
 
 from mmunlearn.data.records import ImageSource
 from mmunlearn.data.unlok_format import FolderImages, confined_path
-from mmunlearn.errors import ConfigError, DataError
+from mmunlearn.errors import ConfigError, DataError, one_line
 from mmunlearn.safety.records import MemoryImages, NoImages, SafetyPrompt, SafetySet
 
 Loader = Callable[..., SafetySet]
@@ -140,10 +140,6 @@ def _offline(exc: BaseException) -> bool:
         word in name for name in names for word in ("Offline", "Connect", "Timeout"))
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def _hub_rows(hub_id: str, split: str, config: str | None, revision: str | None,
               cache_dir: str | Path | None) -> list[dict[str, Any]]:
     """The rows of one split of a hub dataset; an unreachable hub is a one-line 'not available offline' error."""
@@ -155,7 +151,7 @@ def _hub_rows(hub_id: str, split: str, config: str | None, revision: str | None,
         data = datasets.load_dataset(hub_id, name=config, split=split, revision=revision,
                                      cache_dir=None if cache_dir is None else str(cache_dir))
     except Exception as exc:  # noqa: BLE001 - any hub failure becomes one line naming the dataset
-        reason = _one_line(f"{type(exc).__name__}: {exc}")
+        reason = one_line(f"{type(exc).__name__}: {exc}")
         if _offline(exc):
             raise DataError(f"{hub_id}: not a local path, and the dataset is not available offline "
                             f"(the hub cannot be reached: {reason})") from None
@@ -177,7 +173,7 @@ def _open_text(path: Path, newline: str | None = None) -> str:
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except OSError as exc:
-        raise DataError(f"{path}: cannot read ({_one_line(exc.strerror or str(exc))})") from None
+        raise DataError(f"{path}: cannot read ({one_line(exc.strerror or str(exc))})") from None
 
 
 def read_json(path: Path) -> Any:
@@ -211,7 +207,7 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
                 raise DataError(f"{path}: row {len(rows)} (line {reader.line_num}): has more cells than the header")
             rows.append(row)
     except csv.Error as exc:
-        raise DataError(f"{path}: row {len(rows)}: malformed CSV ({_one_line(str(exc))})") from None
+        raise DataError(f"{path}: row {len(rows)}: malformed CSV ({one_line(str(exc))})") from None
     return rows
 
 
@@ -223,7 +219,7 @@ def _read_parquet(path: Path) -> list[dict[str, Any]]:
     try:
         return pq.read_table(path).to_pylist()
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several unrelated types for a bad file
-        raise DataError(f"{path}: cannot read Parquet ({_one_line(str(exc))})") from None
+        raise DataError(f"{path}: cannot read Parquet ({one_line(str(exc))})") from None
 
 
 def read_rows(path: Path) -> list[Any]:

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from mmunlearn.errors import ConfigError, MMUnlearnError
+from mmunlearn.errors import ConfigError, MMUnlearnError, one_line
 from mmunlearn.models.cache_name import CACHE
 from mmunlearn.registry import did_you_mean
 
@@ -238,11 +238,6 @@ class _LayerReached(Exception):
     """Stops a forward pass once the layer whose input `from_layer` wants has been reached."""
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] if text else type(exc).__name__
-
-
 class VLMAdapter(abc.ABC):
     """The model interface: formatting, scoring, probing, generation, module names and cost accounting.
 
@@ -315,13 +310,15 @@ class VLMAdapter(abc.ABC):
         common = {"trust_remote_code": trust_remote_code}
         if local_files_only is not None:
             common["local_files_only"] = local_files_only
+        from safetensors import SafetensorError
+
         model_cls = getattr(transformers, cls.model_class_name)
         try:
             model = model_cls.from_pretrained(path_or_id, config=config, dtype=torch_dtype, device_map=device_map,
                                               use_safetensors=True, **common)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, SafetensorError) as exc:  # the last: a truncated or corrupt weights file
             raise MMUnlearnError(f"cannot load model weights of {path_or_id!r} (safetensors only): "
-                                 f"{_one_line(exc)}") from None
+                                 f"{one_line(exc)}") from None
         processor, tokenizer, image_processor, template = cls._load_processing(path_or_id, common)
         return cls(model, processor, tokenizer=tokenizer, image_processor=image_processor, chat_template=template,
                    name=str(path_or_id), batch_size=batch_size)
@@ -349,7 +346,7 @@ class VLMAdapter(abc.ABC):
                 image_processor = AutoImageProcessor.from_pretrained(path_or_id, **common)
         except (OSError, ValueError) as exc:
             raise MMUnlearnError(f"cannot load tokenizer/image processor of {path_or_id!r}: "
-                                 f"{_one_line(exc)}") from None
+                                 f"{one_line(exc)}") from None
         return None, tokenizer, image_processor, _read_chat_template(path_or_id, common)
 
     # ------------------------------------------------------------------ family hooks
@@ -1340,7 +1337,7 @@ def load_config(path_or_id: str, trust_remote_code: bool = False, local_files_on
         try:
             model_type = json.loads(Path(config_file).read_text(encoding="utf-8")).get("model_type")
         except (OSError, ValueError, AttributeError) as exc:
-            raise MMUnlearnError(f"cannot read {config_file}: {_one_line(exc)}") from None
+            raise MMUnlearnError(f"cannot read {config_file}: {one_line(exc)}") from None
         if model_type:
             adapter_class(str(model_type))  # an unknown family fails here, before transformers parses the config
         path_or_id = local
@@ -1355,7 +1352,7 @@ def load_config(path_or_id: str, trust_remote_code: bool = False, local_files_on
             raise MMUnlearnError(f"model {path_or_id!r} is not available offline: no local directory and no copy "
                                  "in the Hugging Face cache (download it where the hub is reachable, or pass a "
                                  "local directory)") from None
-        raise MMUnlearnError(f"cannot load the config of model {path_or_id!r}: {_one_line(exc)}") from None
+        raise MMUnlearnError(f"cannot load the config of model {path_or_id!r}: {one_line(exc)}") from None
 
 
 def load_adapter(path_or_id: str | os.PathLike, dtype: str = "float32", device_map: Any = None,
