@@ -176,7 +176,10 @@ BREAKAGES: dict[str, tuple[Callable[[Path], None], str]] = {
                    "safety: track not finished (1 units written, no summary.json)"),
     "no tracks": (lambda r: [shutil.rmtree(r / t) for t in ("unlok", "safety")], "neither an unlok/"),
     "bad estimate": (lambda r: (r / "unlok" / "summary.json").write_text(
-        json.dumps({"attack_success": [{"defense": "none", "attack": "hp", "mean": "x"}]})), "attack_success"),
+        json.dumps({"attack_success": [{"defense": "none", "attack": "hp", "mean": "x"}], "effects": []})),
+        "attack_success"),
+    "summary field missing": (lambda r: (r / "safety" / "summary.json").write_text(json.dumps({"asr": {}})),
+                              "safety/summary.json: field 'utility' missing"),
 }
 
 

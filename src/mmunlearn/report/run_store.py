@@ -163,7 +163,7 @@ class UnlokTrack(Track):
                 for e in self._list("effects", ("defense", "metric"))}
 
     def _list(self, key: str, fields: tuple[str, ...]) -> list[dict[str, Any]]:
-        items = self.summary.get(key, [])
+        items = self.summary[key]
         where = f"{self.root / 'summary.json'}: field {key!r}"
         if not isinstance(items, list):
             raise DataError(f"{where}: expected a list, got {type(items).__name__}")
@@ -200,7 +200,7 @@ class SafetyTrack(Track):
     def asr(self) -> dict[tuple[str, str, str], Estimate]:
         """(judge, run, suite) -> ASR estimate, as the runner summarised it."""
         where = f"{self.root / 'summary.json'}: field 'asr'"
-        asr = self.summary.get("asr", {})
+        asr = self.summary["asr"]
         if not isinstance(asr, dict):
             raise DataError(f"{where}: expected an object keyed by judge, got {type(asr).__name__}")
         out = {}
@@ -214,7 +214,7 @@ class SafetyTrack(Track):
     def utility_estimates(self) -> dict[tuple[str, str], Estimate]:
         """(run, measure) -> estimate, as the runner summarised it."""
         where = f"{self.root / 'summary.json'}: field 'utility'"
-        items = self.summary.get("utility", [])
+        items = self.summary["utility"]
         out = {}
         for i, e in enumerate(items if isinstance(items, list) else [None]):
             if not isinstance(e, dict) or "run" not in e or "measure" not in e:
@@ -223,7 +223,7 @@ class SafetyTrack(Track):
         return out
 
     def compute(self) -> dict[str, dict[str, Any]]:
-        compute = self.summary.get("compute", {})
+        compute = self.summary["compute"]
         if not isinstance(compute, dict) or not all(isinstance(v, dict) for v in compute.values()):
             raise DataError(f"{self.root / 'summary.json'}: field 'compute': expected an object of objects per run")
         return compute
@@ -249,9 +249,19 @@ def _check_finished(root: Path) -> None:
                         "resume the run before building its report")
 
 
+def _summary(root: Path, fields: tuple[str, ...]) -> dict[str, Any]:
+    """The track's summary, with every field the report reads (a summary without them is not the runner's)."""
+    path = root / "summary.json"
+    summary = _mapping(path, read_json(path))
+    missing = next((f for f in fields if f not in summary), None)
+    if missing is not None:
+        raise DataError(f"{path}: field {missing!r} missing; rerun the track to rewrite its summary")
+    return summary
+
+
 def _load_unlok(root: Path) -> UnlokTrack:
     _check_finished(root)
-    summary = _mapping(root / "summary.json", read_json(root / "summary.json"))
+    summary = _summary(root, ("attack_success", "effects"))
     samples = read_jsonl(root / "samples.jsonl")
     _check_rows(root / "samples.jsonl", samples, _UNLOK_FIELDS)
     records: dict[str, dict[str, Any]] = {}
@@ -269,7 +279,7 @@ def _load_unlok(root: Path) -> UnlokTrack:
 
 def _load_safety(root: Path) -> SafetyTrack:
     _check_finished(root)
-    summary = _mapping(root / "summary.json", read_json(root / "summary.json"))
+    summary = _summary(root, ("asr", "utility", "compute"))
     samples = read_jsonl(root / "samples.jsonl")
     _check_rows(root / "samples.jsonl", samples, _SAFETY_FIELDS)
     return SafetyTrack("safety", root, summary, samples, _images(root))
