@@ -86,8 +86,8 @@ def random_adapter(shape: str, tiny: Any, batch_size: int, dtype: str = "bfloat1
 
 
 def clock(adapter: Any) -> float:
-    """`time.perf_counter()` once the adapter's accelerator has finished its queued work."""
-    device = adapter.device
+    """`time.perf_counter()` once the accelerator (an adapter's, or a `torch.device`) has finished its queued work."""
+    device = adapter if isinstance(adapter, torch.device) else adapter.device
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
