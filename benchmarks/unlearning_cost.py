@@ -3,7 +3,8 @@
 Usage: python benchmarks/unlearning_cost.py [--steps 30] [--shape llava-1.5-7b] [--out results.json] [KEY=VALUE ...]
 Trains the packaged safety config's unlearning loss (Yao et al.) once on text-only and once on image+text
 forget data, from the same original weights, each in a fresh process of its own (so each run's peak memory is
-its own: on the CPU the process's max RSS before and after training, on an accelerator the most it allocated).
+its own: on the CPU the peak resident memory of the run and the resident memory before it, on an accelerator the
+most it allocated).
 Prints per-step wall time (median), tokens and FLOPs, then per run the totals and peak memory, with their
 multimodal/text ratios, then the FLOP/s the training achieved against a plain matmul on the same device
 (1024x1024 fp32 on the CPU; 8192x8192 in the model's dtype on an accelerator). `--shape`: a randomly
@@ -15,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import resource
+import os
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -45,6 +46,15 @@ def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, repeats: int = 
     return 2.0 * size ** 3 / statistics.median(times)
 
 
+def resident_mb() -> float | None:
+    """The process's resident memory now (Linux), in MB."""
+    try:
+        pages = int(open("/proc/self/statm", encoding="ascii").read().split()[1])
+    except OSError:
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def train_one(kind: str, steps: int, shape: str | None, dtype: str, overrides: list[str]) -> dict[str, Any]:
     """One unlearning run on `kind` forget data in this process, from the model's original weights."""
     cfg = load_config(overrides)
@@ -58,7 +68,7 @@ def train_one(kind: str, steps: int, shape: str | None, dtype: str, overrides: l
     method = get_method("yao", **(loss_params.get("yao") or {}))
     settings = TrainSettings(steps=steps, batch_size=settings.batch_size, lr=settings.lr, seed=settings.seed)
     forget = data.forget_text if kind == "text" else data.forget_multimodal
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = resident_mb()
     with Editor(adapter, edit_config) as editor:
         trainer = UnlearnTrainer(adapter, editor, settings)
         stamps: list[float] = [clock(adapter)]
@@ -72,7 +82,7 @@ def train_one(kind: str, steps: int, shape: str | None, dtype: str, overrides: l
             "achieved_flops_per_s": c.flops / c.steps / step_seconds,
             "run_seconds": c.seconds, "run_tokens": c.text_tokens + c.image_tokens, "run_flops": c.flops,
             "peak_memory_mb": c.peak_memory_mb, "memory_kind": c.memory_kind,
-            "max_rss_before_training_mb": rss_before if adapter.device.type == "cpu" else None,
+            "rss_before_training_mb": rss_before if adapter.device.type == "cpu" else None,
             "machine": machine(adapter), "model": adapter.name, "batch_size": settings.batch_size,
             "lora_rank": edit_config.rank, "device": str(adapter.device), "dtype": str(adapter.dtype)}
 
@@ -113,11 +123,11 @@ def main() -> None:
     print(_row("tokens", t["run_tokens"], m["run_tokens"], "{:.0f}"))
     print(_row("FLOPs", t["run_flops"], m["run_flops"], "{:.3g}"))
     print(_row(f"peak memory ({t['memory_kind']})", t["peak_memory_mb"], m["peak_memory_mb"], "{:.0f} MB"))
-    if t["max_rss_before_training_mb"] is not None:
-        print(_row("max RSS before training (model and data loaded)", t["max_rss_before_training_mb"],
-                   m["max_rss_before_training_mb"], "{:.0f} MB"))
-        print(_row("training's increase of max RSS", t["peak_memory_mb"] - t["max_rss_before_training_mb"],
-                   m["peak_memory_mb"] - m["max_rss_before_training_mb"], "{:.0f} MB"))
+    if t["rss_before_training_mb"] is not None and m["rss_before_training_mb"] is not None:
+        print(_row("RSS before training (model and data loaded)", t["rss_before_training_mb"],
+                   m["rss_before_training_mb"], "{:.0f} MB"))
+        print(_row("training's peak above it", t["peak_memory_mb"] - t["rss_before_training_mb"],
+                   m["peak_memory_mb"] - m["rss_before_training_mb"], "{:.0f} MB"))
     if args.out:
         with open(args.out, "w", encoding="utf-8") as fh:
             json.dump({**results, "matmul_flops_per_s": matmul}, fh, indent=2)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import resource
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from mmunlearn.defenses.dataset_unlearning import (
     UnlearnData,
     UnlearnTrainer,
     _cycle,
+    _reset_peak_rss,
     answer_logprobs,
     get_method,
     kl_on_tokens,
@@ -107,3 +110,21 @@ def test_multimodal_forget_data_costs_image_tokens(micro_adapter, micro_benchmar
             editor.restore()
     assert costs["text"].image_tokens == 0 and costs["multimodal"].image_tokens > 0
     assert costs["multimodal"].flops > costs["text"].flops
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's peak-RSS reset")
+def test_a_runs_peak_memory_is_its_own_not_the_largest_run_before_it(micro_adapter, micro_benchmark):
+    def peak_mb() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    spike = torch.ones(50_000_000)  # 200 MB resident, as an earlier, larger run in this process would leave
+    spike += 1
+    del spike
+    before = peak_mb()
+    assert _reset_peak_rss() and peak_mb() < before - 150
+    rows = _rows(micro_benchmark)
+    with Editor(micro_adapter, EditConfig(layers="all")) as editor:
+        trainer = UnlearnTrainer(micro_adapter, editor, TrainSettings(steps=1, batch_size=2))
+        trainer.train(get_method("npo"), UnlearnData(forget=rows, normal=rows))
+        editor.restore()
+    assert trainer.compute.memory_kind == "peak RSS of the run" and trainer.compute.peak_memory_mb < before - 150

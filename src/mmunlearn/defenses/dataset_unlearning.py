@@ -209,6 +209,17 @@ class Compute:
                                               "peak_memory_mb", "memory_kind")}
 
 
+def _reset_peak_rss() -> bool:
+    """Start the process's peak resident memory afresh (Linux's /proc/self/clear_refs), so a run's peak is its own
+    and not the largest of the runs before it in this process; False where the system has no such reset."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def _cycle(rows: Sequence[VLMInput], batch_size: int, rng: random.Random) -> Iterator[list[VLMInput]]:
     """Seeded epochs over all rows: every row is used before any repeats (the whole forget set)."""
     if not rows:
@@ -348,6 +359,7 @@ class UnlearnTrainer:
         on_cuda = self.adapter.device.type == "cuda"  # the model's device, not merely a visible GPU
         if on_cuda:
             torch.cuda.reset_peak_memory_stats(self.adapter.device)
+        own_peak = not on_cuda and _reset_peak_rss()
         losses: list[float] = []
         start = time.perf_counter()
         try:
@@ -373,4 +385,5 @@ class UnlearnTrainer:
             self.compute.memory_kind = "CUDA max allocated"
         else:
             self.compute.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            self.compute.memory_kind = "peak RSS of the run" if own_peak else "process max RSS"
         return losses
