@@ -28,7 +28,7 @@ from mmunlearn.experiments.safety_summary import safety_report, summarize_safety
 from mmunlearn.judges import JudgeInput, get_judge
 from mmunlearn.metrics.accuracy import contains_answer
 from mmunlearn.models.adapters.base import VLMAdapter, VLMInput
-from mmunlearn.runner.manifest import atomic_file, git_sha, now, package_versions, write_json_atomic
+from mmunlearn.runner.manifest import atomic_file, now, write_json_atomic
 from mmunlearn.runner.run_dir import (
     Units,
     claim,
@@ -36,6 +36,7 @@ from mmunlearn.runner.run_dir import (
     data_fingerprint,
     finish_manifest,
     model_fingerprint,
+    track_manifest,
     write_jsonl_atomic,
 )
 from mmunlearn.safety.records import SafetySet
@@ -218,13 +219,6 @@ def evaluate(adapter: VLMAdapter, run: str, data: SafetyData, suites: dict[str, 
     return rows
 
 
-def safety_manifest(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The config and the other fields the track's manifest records when it claims a directory."""
-    return (OmegaConf.to_container(cfg, resolve=True),  # type: ignore[return-value]
-            {"seeds": {"safety": int(cfg.safety.seed)}, "started": now(), "versions": package_versions(),
-             "git_sha": git_sha()})
-
-
 def suites_and_judges(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """The configured attack suites and judges by name (an unknown name is a one-line error)."""
     suite_params = _node(cfg, "suite_params") or {}
@@ -236,7 +230,7 @@ def pending_runs(cfg: DictConfig, out_dir: Path) -> list[int]:
     """Claim `out_dir` and return the indices of the configured runs not finished in it."""
     runs = run_settings(cfg)[0]
     suites_and_judges(cfg)
-    claim(out_dir, *safety_manifest(cfg))
+    claim(out_dir, *track_manifest(cfg, "safety"))
     units = Units(out_dir)
     return [i for i, run in enumerate(runs) if units.load(i, run) is None]
 
@@ -293,7 +287,7 @@ def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = prin
     rows: list[dict[str, Any]] = []
     compute: dict[str, Any] = {}
     timings: dict[str, Any] = {}
-    with claimed(out_dir, *safety_manifest(cfg)) as resumed, \
+    with claimed(out_dir, *track_manifest(cfg, "safety")) as resumed, \
             SafetyRunner(cfg, log) as runner:  # a failed start withdraws the claim
         units = Units(out_dir)
         runs, data, suites, judges = runner.runs, runner.data, runner.suites, runner.judges

@@ -30,7 +30,7 @@ from mmunlearn.errors import ConfigError, DataError, MMUnlearnError
 from mmunlearn.experiments.unlok_protocol import Protocol, ProtocolConfig
 from mmunlearn.experiments.unlok_summary import summarize
 from mmunlearn.models.adapters.base import VLMAdapter
-from mmunlearn.runner.manifest import git_sha, now, package_versions, write_json_atomic
+from mmunlearn.runner.manifest import now, write_json_atomic
 from mmunlearn.runner.run_dir import (
     Units,
     claim,
@@ -38,6 +38,7 @@ from mmunlearn.runner.run_dir import (
     data_fingerprint,
     finish_manifest,
     model_fingerprint,
+    track_manifest,
     write_jsonl_atomic,
 )
 
@@ -289,13 +290,6 @@ def unit_key(chunk: Sequence[Any], group: int) -> str:
     return chunk[0].id if group == 1 else f"{chunk[0].id}+{len(chunk) - 1}"
 
 
-def unlok_manifest(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The config and the other fields the track's manifest records when it claims a directory."""
-    return (OmegaConf.to_container(cfg, resolve=True),  # type: ignore[return-value]
-            {"seeds": {"unlok": int(cfg.unlok.seed)}, "started": now(), "versions": package_versions(),
-             "git_sha": git_sha()})
-
-
 def _pending(benchmark: Benchmark, units: Units, group: int) -> list[int]:
     records = benchmark.records
     return [s for s in range(0, len(records), group) if units.load(s, unit_key(records[s:s + group], group)) is None]
@@ -305,7 +299,7 @@ def pending_groups(cfg: DictConfig, out_dir: Path) -> list[int]:
     """Claim `out_dir` and return the first record of each group of facts not finished in it."""
     build_components(cfg)
     benchmark = load_benchmark(cfg)
-    claim(out_dir, *unlok_manifest(cfg))
+    claim(out_dir, *track_manifest(cfg, "unlok"))
     return _pending(benchmark, Units(out_dir), group_size(cfg))
 
 
@@ -327,7 +321,7 @@ def run_unlok(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print
     records = benchmark.records
     group = group_size(cfg)
     starts = list(range(0, len(records), group))
-    with claimed(out_dir, *unlok_manifest(cfg)) as resumed, \
+    with claimed(out_dir, *track_manifest(cfg, "unlok")) as resumed, \
             GroupRunner(cfg, benchmark, load_model(cfg, log)) as runner:  # a failed start withdraws the claim
         adapter, units = runner.adapter, Units(out_dir)
         pending = _pending(benchmark, units, group)

@@ -20,8 +20,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from mmunlearn.errors import ConfigError
-from mmunlearn.runner.manifest import atomic_file, write_json_atomic
+from mmunlearn.runner.manifest import atomic_file, git_sha, now, package_versions, write_json_atomic
 
 MANIFEST = "manifest.json"
 UNITS = "units"
@@ -61,6 +63,13 @@ def claim(run_dir: Path, config: dict[str, Any], extra: dict[str, Any]) -> bool:
         return True
     write_json_atomic(manifest_path, {"config": config, "config_hash": digest, **extra})
     return False
+
+
+def track_manifest(cfg: Any, track: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The resolved config and the other fields a track's manifest records when it claims a directory."""
+    return (OmegaConf.to_container(cfg, resolve=True),  # type: ignore[return-value]
+            {"seeds": {track: int(cfg[track].seed)}, "started": now(), "versions": package_versions(),
+             "git_sha": git_sha()})
 
 
 @contextmanager
