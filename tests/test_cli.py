@@ -1,5 +1,7 @@
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 from PIL import Image
 
@@ -54,13 +56,24 @@ def _one_error(capsys) -> str:
     return err[0]
 
 
+def _items(tmp_path) -> Path:
+    for i in range(2):
+        Image.new("RGB", (16, 16), (90 * i, 0, 0)).save(tmp_path / f"{i}.png")
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"image": f"{i}.png", "question": f"q{i}?", "answers": [f"a{i}"]}) + "\n"
+                             for i in range(2)))
+    return items
+
+
 def test_an_output_path_that_cannot_be_written_is_one_line_before_any_work(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    for command in (["world", "build", "--out", str(blocker / "world.json")],
-                    ["world", "show", "--out", str(blocker / "sheet.png")],
-                    ["unlok", "export", "--out", str(blocker / "bench")]):
-        assert main([*command, "world.size=10"]) == 2
+    for command in (["world", "build", "--out", str(blocker / "world.json"), "world.size=10"],
+                    ["world", "show", "--out", str(blocker / "sheet.png"), "world.size=10"],
+                    ["unlok", "export", "--out", str(blocker / "bench"), "world.size=10"],
+                    ["unlok", "build", "--items", str(_items(tmp_path)), "--images", str(tmp_path), "--out",
+                     str(blocker / "built")]):
+        assert main(command) == 2
         assert f"output directory {blocker} is not writable" in _one_error(capsys)
 
 

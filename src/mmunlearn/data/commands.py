@@ -128,8 +128,10 @@ def cmd_build(args: argparse.Namespace) -> None:
         tier_consistency_filter,
     )
     from mmunlearn.data.unlok_format import FolderImages, write_unlok_json
+    from mmunlearn.runner.run_dir import check_writable
 
     items = read_items_jsonl(args.items)
+    check_writable(Path(args.out).parent)  # before the paraphrasing and embedding, not when writing their result
     options = {"trust_remote_code": True} if args.trust_remote_code else {}
     text_embedder = _text_embedder(args, options)
     paraphraser = get_paraphraser(args.paraphraser, model=args.paraphraser_model,
