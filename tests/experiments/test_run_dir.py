@@ -25,6 +25,9 @@ def _fail_inside(run_dir, config=CONFIG, work=lambda: None) -> None:
 def test_a_failed_start_withdraws_the_claim_so_another_config_can_use_the_directory(tmp_path):
     run = tmp_path / "run"
     _fail_inside(run)
+    assert not run.exists()  # the claim made it, so it goes
+    run.mkdir()  # the user's own folder stays, empty as it was
+    _fail_inside(run)
     assert run.is_dir() and list(run.iterdir()) == []
     assert claim(run, {"seed": 5}, {}) is False  # not "holds a run of another config"
 
@@ -49,10 +52,11 @@ def test_the_users_own_files_and_deeper_runs_stay(tmp_path):
     run = tmp_path / "out"
     (run / "notes").mkdir(parents=True)
     (run / "notes" / "plan.txt").write_text("mine")
+    (run / "empty").mkdir()
     older = run / "sweep" / "job-0"
     claim(older, {"seed": 1}, {})  # another run two levels down, no unit finished
     _fail_inside(run)
-    assert (run / "notes" / "plan.txt").read_text() == "mine"
+    assert (run / "notes" / "plan.txt").read_text() == "mine" and (run / "empty").is_dir()
     assert (older / MANIFEST).is_file()
     assert not (run / MANIFEST).exists() and not (run / "unlok").exists()
 

@@ -80,24 +80,26 @@ def claimed(run_dir: Path, config: dict[str, Any], extra: dict[str, Any]) -> Ite
     Only this package's manifests and the folders the claim made, left empty, are removed; a finished unit (this
     call's or a worker's) keeps the whole directory, so the next call resumes it. A resumed claim is untouched.
     """
+    created = not run_dir.exists()
     resumed = claim(run_dir, config, extra)
     try:
         yield resumed
     except BaseException:
         if not resumed:
-            withdraw(run_dir)
+            withdraw(run_dir, remove_dir=created)
         raise
 
 
-def withdraw(run_dir: Path) -> bool:
-    """Remove the manifests of a claim that holds no finished unit; True when withdrawn.
+def withdraw(run_dir: Path, remove_dir: bool = False) -> bool:
+    """Remove the manifests of a claim that holds no finished unit, and the folders they leave empty; True when
+    withdrawn. `run_dir` itself goes only with `remove_dir` (the claim made it; else it is the user's own).
 
     A claim spans `run_dir` and its tracks' folders one level down (`run_dir/<track>/units/...`), and nothing
     deeper is looked at, so an `--out` that holds other runs further down is safe."""
     levels = [run_dir, *(p for p in sorted(run_dir.iterdir()) if p.is_dir())] if run_dir.is_dir() else []
     if not levels or any(any((level / UNITS).glob("*.json")) for level in levels):
         return False
-    for level in levels:
+    for level in reversed(levels):  # the tracks' folders first, so `run_dir` is empty when its turn comes
         manifest = level / MANIFEST
         try:
             ours = "config_hash" in json.loads(manifest.read_text(encoding="utf-8"))
@@ -105,10 +107,11 @@ def withdraw(run_dir: Path) -> bool:
             ours = False
         if ours:
             manifest.unlink()
-        if level != run_dir:  # `run_dir` itself stays: it may be the user's own directory
-            for folder in (level / UNITS, level):
-                if folder.is_dir() and not any(folder.iterdir()):
-                    folder.rmdir()
+        if not (remove_dir if level == run_dir else ours):
+            continue
+        for folder in (level / UNITS, level):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
     return True
 
 
