@@ -72,3 +72,60 @@ def test_an_atomic_file_is_renamed_into_place_whole_or_leaves_nothing(tmp_path):
         tmp.write_text("half")
         raise OSError("disk full")
     assert target.read_text() == "whole" and sorted(p.name for p in target.parent.iterdir()) == ["sheet.txt"]
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _claim_owned_by(run_dir, pid: int, host: str | None = None) -> None:
+    import socket
+
+    claim(run_dir, CONFIG, {})
+    manifest = json.loads((run_dir / MANIFEST).read_text())
+    manifest["owner"] = {"host": host or socket.gethostname(), "pid": pid}
+    (run_dir / MANIFEST).write_text(json.dumps(manifest))
+
+
+def test_a_claim_whose_process_was_killed_before_its_first_unit_is_taken_over(tmp_path):
+    run = tmp_path / "run"
+    _claim_owned_by(run, _dead_pid())  # SIGKILL while the model loaded: nothing could withdraw it
+    assert claim(run, {"seed": 5}, {}) is False
+    assert json.loads((run / MANIFEST).read_text())["config"] == {"seed": 5}
+
+
+@pytest.mark.parametrize("case", ["owner alive", "unit finished", "other host", "no owner"])
+def test_another_configs_claim_is_refused_unless_abandoned(tmp_path, case):
+    import os
+
+    run = tmp_path / "run"
+    if case == "owner alive":
+        _claim_owned_by(run, os.getpid())
+    elif case == "unit finished":
+        _claim_owned_by(run, _dead_pid())
+        Units(run / "unlok").save(0, "fact-0", {"rows": []})
+    elif case == "other host":
+        _claim_owned_by(run, _dead_pid(), host="another-node")
+    else:
+        run.mkdir()
+        (run / MANIFEST).write_text(json.dumps({"config": CONFIG, "config_hash": "older-run"}))
+    with pytest.raises(ConfigError, match="another config"):
+        claim(run, {"seed": 5}, {})
+
+
+def test_a_workers_unit_finished_after_its_parent_died_is_not_written(tmp_path):
+    import os
+
+    from mmunlearn.experiments.workers import UnitsWhileParentLives
+
+    alive = UnitsWhileParentLives(tmp_path / "unlok", os.getppid())
+    alive.save(0, "fact-0", {"rows": []})
+    orphaned = UnitsWhileParentLives(tmp_path / "unlok", _dead_pid())  # not this process's parent any more
+    with pytest.raises(SystemExit):
+        orphaned.save(1, "fact-1", {"rows": []})
+    assert alive.load(0, "fact-0") is not None and alive.load(1, "fact-1") is None

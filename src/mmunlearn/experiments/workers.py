@@ -25,6 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mmunlearn.errors import ConfigError, MMUnlearnError, one_line
+from mmunlearn.runner.run_dir import Units
 
 
 def configured_workers(cfg: DictConfig) -> int:
@@ -70,6 +71,20 @@ def open_runner(track: str, cfg: DictConfig) -> Any:
     raise ValueError(f"no runner for track {track!r}")
 
 
+class UnitsWhileParentLives(Units):
+    """A worker's units of a track: a unit finished after the parent (pid `parent`) was killed is not written,
+    since by then the directory may have been taken over by a run of another config (`run_dir.abandoned`)."""
+
+    def __init__(self, track_dir: Path, parent: int) -> None:
+        super().__init__(track_dir)
+        self.parent = parent
+
+    def save(self, index: int, key: str, data: dict[str, Any]) -> None:
+        if os.getppid() != self.parent:
+            raise SystemExit(0)  # the rerun computes this unit again
+        super().save(index, key, data)
+
+
 def _work(config: dict[str, Any], out_dirs: dict[str, str], threads: int, todo: Any, results: Any,
           parent: int) -> None:
     """A worker: run `(track, index)` jobs from `todo` until its None (or until the parent process, pid
@@ -78,8 +93,6 @@ def _work(config: dict[str, Any], out_dirs: dict[str, str], threads: int, todo: 
         import contextlib
 
         import torch
-
-        from mmunlearn.runner.run_dir import Units
 
         # This worker's share is its `threads` (read again by whatever loads the model): more threads than
         # cores across the workers makes each of them many times slower.
@@ -94,7 +107,7 @@ def _work(config: dict[str, Any], out_dirs: dict[str, str], threads: int, todo: 
                 if track not in runners:
                     runners[track] = stack.enter_context(open_runner(track, cfg))
                     torch.set_num_threads(threads)
-                runners[track].run_unit(index, Units(Path(out_dirs[track])))
+                runners[track].run_unit(index, UnitsWhileParentLives(Path(out_dirs[track]), parent))
                 results.put(("unit", job))
         results.put(("done", None))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it

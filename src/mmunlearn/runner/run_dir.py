@@ -6,7 +6,8 @@ and a rename, so a unit is either complete or absent), then, once every unit is 
 `timings.json` (wall times and memory, which vary run to run). `RUN_DIR/manifest.json` holds the resolved
 config and its hash; a directory holding another config is refused rather than mixed. A fresh claim whose run
 fails before any unit is finished (a model that does not load, a worker that dies at once) is withdrawn, so a
-failed start leaves nothing that refuses the next config.
+failed start leaves nothing that refuses the next config; one whose process was killed outright before its
+first unit is taken over by the next claim on the same host (`abandoned`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,7 +49,9 @@ def check_writable(path: Path, what: str = "output directory") -> None:
 
 
 def claim(run_dir: Path, config: dict[str, Any], extra: dict[str, Any]) -> bool:
-    """Create or resume `run_dir` for `config`; True when resuming. Another config's directory is an error."""
+    """Create or resume `run_dir` for `config`; True when resuming. Another config's directory is an error,
+    unless its run was abandoned: no unit finished, and the process that claimed it on this host is gone (killed
+    before its first unit, where `claimed` could not withdraw the claim)."""
     check_writable(run_dir)
     digest = config_hash(config)
     manifest_path = run_dir / MANIFEST
@@ -57,12 +61,42 @@ def claim(run_dir: Path, config: dict[str, Any], extra: dict[str, Any]) -> bool:
         except (OSError, ValueError):
             raise ConfigError(f"{manifest_path}: unreadable manifest; remove the directory or pick another --out") \
                 from None
-        if old.get("config_hash") != digest:
+        if old.get("config_hash") == digest:
+            return True
+        if not abandoned(run_dir, old):
             raise ConfigError(f"{run_dir} holds a run of another config (hash {old.get('config_hash')} vs {digest}); "
                               "pick another --out or remove it")
-        return True
-    write_json_atomic(manifest_path, {"config": config, "config_hash": digest, **extra})
+    write_json_atomic(manifest_path, {"config": config, "config_hash": digest, **extra, "owner": _owner()})
     return False
+
+
+def _owner() -> dict[str, Any]:
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def abandoned(run_dir: Path, manifest: dict[str, Any]) -> bool:
+    """True when the claim `manifest` of `run_dir` holds no finished unit and its process, on this host, is gone.
+    A claim from another host, or one without an owner, is never taken for abandoned."""
+    owner = manifest.get("owner") if isinstance(manifest.get("owner"), dict) else {}
+    pid = owner.get("pid")
+    if owner.get("host") != socket.gethostname() or not isinstance(pid, int) or _finished_units(run_dir):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists (another user's process, say)
+        return False
+    return False
+
+
+def _levels(run_dir: Path) -> list[Path]:
+    """`run_dir` and its tracks' folders one level down: where a claim's manifests and units live."""
+    return [run_dir, *(p for p in sorted(run_dir.iterdir()) if p.is_dir())] if run_dir.is_dir() else []
+
+
+def _finished_units(run_dir: Path) -> bool:
+    return any(any((level / UNITS).glob("*.json")) for level in _levels(run_dir))
 
 
 def track_manifest(cfg: Any, track: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -96,8 +130,8 @@ def withdraw(run_dir: Path, remove_dir: bool = False) -> bool:
 
     A claim spans `run_dir` and its tracks' folders one level down (`run_dir/<track>/units/...`), and nothing
     deeper is looked at, so an `--out` that holds other runs further down is safe."""
-    levels = [run_dir, *(p for p in sorted(run_dir.iterdir()) if p.is_dir())] if run_dir.is_dir() else []
-    if not levels or any(any((level / UNITS).glob("*.json")) for level in levels):
+    levels = _levels(run_dir)
+    if not levels or _finished_units(run_dir):
         return False
     for level in reversed(levels):  # the tracks' folders first, so `run_dir` is empty when its turn comes
         manifest = level / MANIFEST
