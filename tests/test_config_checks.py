@@ -128,6 +128,9 @@ def test_packaged_configs_pass(check, model):
     (_pretrain, "pretrain.vision_warmup.renderings=1.5", "pretrain.vision_warmup.renderings"),
     (_pretrain, "model.patch_size=0", "model.patch_size"),
     (_pretrain, "model.text_heads=5", "model.text_heads"),
+    (load_config, "threads=0", "config threads"),
+    (load_config, "threads=abc", "config threads"),
+    (load_config, "device=banana", "config device"),
 ])
 def test_bad_value_is_a_config_error_naming_its_key(check, override, key):
     with pytest.raises(ConfigError) as err:

@@ -140,10 +140,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def _check_run_config(cfg: object, tracks: list[str]) -> None:
     """Every name and setting of the tracks and of the embedded model's pretraining, checked before any work."""
-    from mmunlearn.config import model_spec, pretrain_settings, world_config
+    from mmunlearn.config import configured_device, model_spec, pretrain_settings, world_config
     from mmunlearn.experiments.safety import run_settings, suites_and_judges
     from mmunlearn.experiments.unlok import build_components, edit_overrides
 
+    configured_device(cfg)
     world_config(cfg)
     model_spec(cfg)
     pretrain_settings(cfg)

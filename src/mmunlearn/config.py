@@ -76,7 +76,17 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"config: {_first_message(exc)}") from None
+    check_values(TopKeys, {k: cfg.get(k) for k in ("threads", "device")}, "")
+    device_named(cfg)  # a name torch knows; whether this machine has it is checked where a model runs
     return cfg
+
+
+@dataclasses.dataclass
+class TopKeys:
+    """The config's own keys besides its sections, checked whenever a config is loaded."""
+
+    threads: int = dataclasses.field(default=2, metadata=at_least(1))
+    device: str = "cpu"
 
 
 def _build(cls, node: Any, where: str):
@@ -178,13 +188,19 @@ def pretrain_settings(cfg: DictConfig) -> PretrainSettings:
                             task_augment=_task_augment(extra.get("task_augment") or {}))
 
 
+def device_named(cfg: DictConfig) -> torch.device:
+    """`device` as a torch device, whether or not this machine has it (a malformed name is a one-line error)."""
+    value = cfg.get("device", "cpu")
+    try:
+        return torch.device(str(value))
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"config device: expected a torch device such as cpu or cuda, got {value!r}") from None
+
+
 def configured_device(cfg: DictConfig) -> torch.device:
     """`device`, checked before any work: a torch device this machine has."""
     value = cfg.get("device", "cpu")
-    try:
-        device = torch.device(str(value))
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"config device: expected a torch device such as cpu or cuda, got {value!r}") from None
+    device = device_named(cfg)
     backend = getattr(torch, device.type, None)
     available = device.type == "cpu" or (backend is not None and backend.is_available() and (
         device.index is None or device.index < getattr(backend, "device_count", lambda: 1)()))

@@ -99,15 +99,15 @@ PLURALS = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
 
 def check_values(cls: type, values: Mapping[str, Any], where: str, component: bool = False) -> None:
     """Raise `ConfigError` for the first value that does not fit field `key` of dataclass `cls` (its type hint,
-    then `bounds` metadata), naming it `config <where>.<key>`, or `<where>: parameter '<key>'` for a
-    registered component (`where` = "defense 'npo'", worded as the components' own checks are). Keys that
-    are not fields are left to the caller."""
+    then `bounds` metadata), naming it `config <where>.<key>` (`config <key>` at the top level), or
+    `<where>: parameter '<key>'` for a registered component (`where` = "defense 'npo'", worded as the
+    components' own checks are). Keys that are not fields are left to the caller."""
     hints = field_hints(cls)
     bounds = {f.name: f.metadata.get("bounds") for f in dataclasses.fields(cls)}
     for key, value in values.items():
         if key not in hints:
             continue
-        name = f"{where}: parameter {key!r}" if component else f"config {where}.{key}:"
+        name = f"{where}: parameter {key!r}" if component else f"config {where + '.' if where else ''}{key}:"
         if not fits(hints[key], value):
             expected = "must be" if component else "expected"
             raise ConfigError(f"{name} {expected} {describe(hints[key])}, got {value!r}")

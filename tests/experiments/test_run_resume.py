@@ -145,14 +145,17 @@ def test_the_pooled_run_pretrains_the_shared_model_in_the_parent_with_all_thread
 
 
 @pytest.mark.parametrize(("overrides", "expected"), [(["threads=3"], 3), (["threads=3", "unlok.model=some/model"], 1),
-                                                     (["threads=3", "device=cuda"], 1),
-                                                     (["unlok.workers=2", "unlok.model=some/model"], 2)])
-def test_auto_workers_are_one_per_thread_for_the_tiny_model_on_the_cpu_only(overrides, expected):
+                                                     (["threads=3", "device=cuda"], 1), (["threads=64"], 8),
+                                                     (["unlok.workers=2", "unlok.model=some/model"], 2),
+                                                     (["unlok.workers=12"], 12)])
+def test_auto_workers_are_one_per_thread_and_core_for_the_tiny_model_on_the_cpu_only(overrides, expected,
+                                                                                      monkeypatch):
+    import mmunlearn.experiments.workers as workers
     from mmunlearn.config import load_config
-    from mmunlearn.experiments.workers import configured_workers
 
-    assert configured_workers(load_config(overrides)) == expected
-    assert configured_workers(load_config(["model=smol"])) == 1
+    monkeypatch.setattr(workers, "usable_cpus", lambda: 8)  # threads beyond the cores add no worker
+    assert workers.configured_workers(load_config(overrides)) == expected
+    assert workers.configured_workers(load_config(["model=smol"])) == 1
 
 
 @pytest.mark.parametrize("value", ["0", "two"])

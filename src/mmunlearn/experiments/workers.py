@@ -29,15 +29,15 @@ from mmunlearn.runner.run_dir import Units
 
 
 def configured_workers(cfg: DictConfig) -> int:
-    """`unlok.workers`, checked: a whole number >= 1, or `auto` = one per `threads` for the embedded tiny model
-    on the CPU (`unlok.model: null`, `device: cpu`) and 1 otherwise (each worker holds a copy of the model; one
-    process keeps an accelerator busy)."""
+    """`unlok.workers`, checked: a whole number >= 1, or `auto` = one per `threads` (at most one per core this
+    process may use) for the embedded tiny model on the CPU (`unlok.model: null`, `device: cpu`) and 1 otherwise
+    (each worker holds a copy of the model; one process keeps an accelerator busy)."""
     value = cfg.unlok.get("workers", 1)
     if value == "auto":
-        import torch
+        from mmunlearn.config import device_named
 
-        on_cpu = torch.device(str(cfg.get("device", "cpu"))).type == "cpu"  # cpu:0 too; checked by configured_device
-        return max(1, int(cfg.threads)) if cfg.unlok.get("model") is None and on_cpu else 1
+        on_cpu = device_named(cfg).type == "cpu"  # cpu:0 too; whether this machine has it: configured_device
+        return max(1, min(int(cfg.threads), usable_cpus())) if cfg.unlok.get("model") is None and on_cpu else 1
     try:
         workers = int(1 if value is None else value)
     except (TypeError, ValueError):
@@ -45,6 +45,12 @@ def configured_workers(cfg: DictConfig) -> int:
     if workers < 1:
         raise ConfigError(f"config unlok.workers: expected auto or a whole number >= 1, got {value!r}")
     return workers
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity where the system tells it, else all of them)."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
 
 
 def prepare_shared_model(cfg: DictConfig, log: Callable[[str], None]) -> None:
