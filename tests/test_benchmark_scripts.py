@@ -10,10 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MICRO_OVERRIDES
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-MICRO = [o if not o.startswith("model.text_layers=") else "model.text_layers=4" for o in MICRO_OVERRIDES]
 
 SCRIPTS = {  # script: (its options, config overrides beside the micro ones, keys its JSON must have)
     "whitebox_suite.py": (["--facts", "4", "--repeats", "1", "--group", "2"], ["unlok.n_facts=8"],
@@ -35,10 +33,11 @@ def cache(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("script", list(SCRIPTS))
-def test_benchmark_script_runs_and_writes_its_json(script, cache, tmp_path):
+def test_benchmark_script_runs_and_writes_its_json(script, cache, tmp_path, micro_overrides):
     options, overrides, keys = SCRIPTS[script]
+    micro = [o if not o.startswith("model.text_layers=") else "model.text_layers=4" for o in micro_overrides]
     out = tmp_path / "result.json"
-    proc = subprocess.run([sys.executable, script, *options, "--out", str(out), *overrides, *MICRO,
+    proc = subprocess.run([sys.executable, script, *options, "--out", str(out), *overrides, *micro,
                            f"paths.cache_dir={cache}"], cwd=BENCHMARKS, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
