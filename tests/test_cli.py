@@ -95,3 +95,14 @@ def test_an_unwritable_cache_fails_before_training(tmp_path, micro_overrides, ca
     blocker.write_text("not a directory")
     assert main(["pretrain", *micro_overrides, f"paths.cache_dir={blocker}"]) == 2
     assert f"cache directory {blocker / 'models'} is not writable" in _one_error(capsys)
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    import mmunlearn.cli as cli
+
+    def interrupted(_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_world_build", interrupted)
+    assert main(["world", "build"]) == 130
+    assert "interrupted" in _one_error(capsys)

@@ -273,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     except MMUnlearnError as exc:
         print(f"mmunlearn: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # finished units and cached models are whole (atomic writes); the same command resumes
+        print("mmunlearn: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     except OSError as exc:  # a file that cannot be read or written (disk full, permissions ...): name it in one line
         where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)  # a rename names both
         print(f"mmunlearn: error: {where + ': ' if where else ''}{exc.strerror or exc}", file=sys.stderr)
