@@ -129,3 +129,11 @@ def test_a_workers_unit_finished_after_its_parent_died_is_not_written(tmp_path):
     with pytest.raises(SystemExit):
         orphaned.save(1, "fact-1", {"rows": []})
     assert alive.load(0, "fact-0") is not None and alive.load(1, "fact-1") is None
+
+
+def test_a_resumed_claim_belongs_to_the_resuming_process(tmp_path):
+    run = tmp_path / "run"
+    _claim_owned_by(run, _dead_pid())  # killed before its first unit, then resumed with the same config
+    assert claim(run, CONFIG, {}) is True
+    with pytest.raises(ConfigError, match="another config"):  # the resumed run is alive: not abandoned
+        claim(run, {"seed": 5}, {})

@@ -62,6 +62,8 @@ def claim(run_dir: Path, config: dict[str, Any], extra: dict[str, Any]) -> bool:
             raise ConfigError(f"{manifest_path}: unreadable manifest; remove the directory or pick another --out") \
                 from None
         if old.get("config_hash") == digest:
+            if old.get("owner") != _owner():  # the resuming process owns it now, so it is not taken for abandoned
+                write_json_atomic(manifest_path, {**old, "owner": _owner()})
             return True
         if not abandoned(run_dir, old):
             raise ConfigError(f"{run_dir} holds a run of another config (hash {old.get('config_hash')} vs {digest}); "
