@@ -114,7 +114,7 @@ def claimed(run_dir: Path, config: dict[str, Any], extra: dict[str, Any]) -> Ite
     is finished is withdrawn, so a model that does not load leaves no directory that refuses the next config.
 
     Only this package's manifests and the folders the claim made, left empty, are removed; a finished unit (this
-    call's or a worker's) keeps the whole directory, so the next call resumes it. A resumed claim is untouched.
+    call's or a worker's) keeps the whole directory, so the next call resumes it. A resumed claim is never withdrawn.
     """
     created = not run_dir.exists()
     resumed = claim(run_dir, config, extra)
