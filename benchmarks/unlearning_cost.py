@@ -27,7 +27,8 @@ from common import SHAPES, clock, machine, random_adapter
 from mmunlearn.config import load_config, world_config
 from mmunlearn.defenses.dataset_unlearning import TrainSettings, UnlearnTrainer, get_method
 from mmunlearn.defenses.editor import Editor
-from mmunlearn.experiments.safety import build_data, run_settings
+from mmunlearn.experiments.safety import run_settings
+from mmunlearn.experiments.safety_data import build_data
 from mmunlearn.experiments.unlok import load_model_by_name
 from mmunlearn.pretrain.pipeline import build_world
 

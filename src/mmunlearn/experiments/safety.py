@@ -9,7 +9,6 @@ original weights exactly. Writes `manifest.json`, `samples.jsonl`, `summary.json
 from __future__ import annotations
 
 import hashlib
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,13 +20,15 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from mmunlearn.config_checks import at_least, check_values
-from mmunlearn.defenses.dataset_unlearning import TrainSettings, UnlearnData, UnlearnTrainer, get_method
+from mmunlearn.defenses.dataset_unlearning import TrainSettings, UnlearnTrainer, get_method
 from mmunlearn.defenses.editor import EditConfig, Editor
 from mmunlearn.errors import ConfigError
+from mmunlearn.experiments.safety_data import SafetyData, build_data, build_real_data, real_data_config
 from mmunlearn.experiments.safety_summary import safety_report, summarize_safety
-from mmunlearn.judges import JudgeInput, get_judge
+from mmunlearn.judges import JudgeInput, check_judge, get_judge
+from mmunlearn.judges.base import JUDGES
 from mmunlearn.metrics.accuracy import contains_answer
-from mmunlearn.models.adapters.base import VLMAdapter, VLMInput
+from mmunlearn.models.adapters.base import VLMAdapter
 from mmunlearn.runner.manifest import atomic_file, now, write_json_atomic
 from mmunlearn.runner.run_dir import (
     Units,
@@ -39,74 +40,12 @@ from mmunlearn.runner.run_dir import (
     track_manifest,
     write_jsonl_atomic,
 )
-from mmunlearn.safety.records import SafetySet
 from mmunlearn.safety.suites import AttackInput, get_suite
-from mmunlearn.safety.world_set import world_benign_set, world_safety_set
-from mmunlearn.world.corpus import REFUSAL, Corpus, ImageKey
-from mmunlearn.world.images import render_key
-
-FORGET_IMAGE_SUITES = ("query_relevant", "figstep")
-
-
-@dataclass
-class SafetyData:
-    forget_text: UnlearnData
-    forget_multimodal: UnlearnData
-    attack_set: SafetySet
-    benign_eval: SafetySet
-    utility: dict[str, list[tuple[VLMInput, str]]]
 
 
 def _node(cfg: DictConfig, key: str) -> Any:
     value = cfg.safety.get(key)
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-
-
-def _sample(items: list, n: int, tag: str, seed: int) -> list:
-    rng = random.Random(f"{tag}/{seed}")
-    return rng.sample(items, min(n, len(items)))
-
-
-def build_data(corpus: Corpus, image_size: int, n_eval: int, n_utility: int, seed: int) -> SafetyData:
-    """Forget data from the training phrasings; attacks and utility on held-out phrasings and samples."""
-    harmful = world_safety_set(corpus, image_size, "train")
-    text_forget = [VLMInput(None, p.request, p.harmful_answer) for p in harmful]
-    text_refusal = [VLMInput(None, p.request, REFUSAL) for p in harmful]
-    mm_inputs: list[AttackInput] = []
-    for name in FORGET_IMAGE_SUITES:
-        mm_inputs += get_suite(name).build_all(harmful)
-    answers = {p.id: p.harmful_answer for p in harmful}
-    mm_forget = [i.to_vlm_input(answers[i.prompt_id]) for i in mm_inputs]
-    mm_refusal = [i.to_vlm_input(REFUSAL) for i in mm_inputs]
-    # Normal data (KL / retain) in the runs' modality: text facts and benign requests for textual runs; the
-    # same plus image facts for multimodal runs (textual unlearning never sees an image).
-    world = corpus.world
-
-    def image_of(c: int) -> Any:
-        return render_key(world, ImageKey("creature", c, "canon"), image_size)
-
-    normal_text = [VLMInput(None, e.prompt, e.answer) for e in corpus.text_facts("train")]
-    normal_text += [VLMInput(None, p.request, p.safe_answer) for p in world_benign_set(corpus, image_size, "train")]
-    normal_text = _sample(normal_text, 600, "normal", seed)
-    normal_image = [VLMInput(image_of(e.creature), e.prompt, e.answer)
-                    for e in corpus.image_facts("train", view="canon")]
-    normal_mm = _sample(normal_text, 300, "normal-mm", seed) + _sample(normal_image, 300, "normal-img", seed)
-    random_answers = sorted({row.answer for row in normal_text if row.answer})
-    text = UnlearnData(forget=text_forget, normal=normal_text, refusal=text_refusal, random_answers=random_answers)
-    mm = UnlearnData(forget=mm_forget, normal=normal_mm, refusal=mm_refusal, random_answers=random_answers)
-    held = world_safety_set(corpus, image_size, "heldout")
-    attack_set = held.subset([p.id for p in _sample(list(held), n_eval, "attack", seed)])
-    benign = world_benign_set(corpus, image_size, "heldout")
-    benign_eval = benign.subset([p.id for p in _sample(list(benign), n_utility, "benign", seed)])
-    utility = {
-        "image_facts": [(VLMInput(image_of(e.creature), e.prompt), e.answer)
-                        for e in _sample(list(corpus.image_facts("heldout", view="canon")), n_utility, "u-img", seed)],
-        "text_facts": [(VLMInput(None, e.prompt), e.answer)
-                       for e in _sample(list(corpus.text_facts("heldout")), n_utility, "u-text", seed)],
-        "naming": [(VLMInput(image_of(e.creature), e.prompt), e.answer)
-                   for e in _sample(list(corpus.naming("heldout", view="canon")), n_utility, "u-name", seed)],
-    }
-    return SafetyData(text, mm, attack_set, benign_eval, utility)
 
 
 @dataclass(frozen=True)
@@ -128,6 +67,8 @@ class SafetyKeys:
     suites: list[str] = field(default_factory=list)
     suite_params: dict[str, Any] | None = None
     judges: list[str] = field(default_factory=list)
+    judge_params: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
 
 
 def run_settings(cfg: DictConfig) -> tuple[list[str], dict[str, Any], dict[str, Any], TrainSettings, EditConfig]:
@@ -189,7 +130,7 @@ def evaluate(adapter: VLMAdapter, run: str, data: SafetyData, suites: dict[str, 
     built = {name: suite.build_all(data.attack_set, adapter) for name, suite in suites.items()}
     benign = list(data.benign_eval)
     requests = [i.to_vlm_input() for inputs in built.values() for i in inputs]
-    requests += [VLMInput(None, p.request) for p in benign]
+    requests += data.benign_inputs()
     responses = adapter.generate(requests, max_new_tokens=max_new_tokens)
     utility = [(measure, item, gold) for measure, pairs in data.utility.items() for item, gold in pairs]
     utility_answers = adapter.generate([item for _, item, _ in utility], max_new_tokens=6)
@@ -214,16 +155,62 @@ def evaluate(adapter: VLMAdapter, run: str, data: SafetyData, suites: dict[str, 
     for prompt, answer, verdict in zip(benign, answers, verdicts):
         rows.append({"type": "utility", "run": run, "measure": "over_refusal", "question": prompt.request,
                      "answer": answer, "correct": float(not verdict.harmful)})
-        rows.append({"type": "utility", "run": run, "measure": "benign_answered", "question": prompt.request,
-                     "answer": answer, "correct": float(contains_answer(answer, (prompt.safe_answer or "",)))})
+        if data.score_benign_answers:
+            rows.append({"type": "utility", "run": run, "measure": "benign_answered", "question": prompt.request,
+                         "answer": answer, "correct": float(contains_answer(answer, (prompt.safe_answer or "",)))})
     return rows
 
 
-def suites_and_judges(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The configured attack suites and judges by name (an unknown name is a one-line error)."""
+def suites_and_judges(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, type]]:
+    """The configured attack suites by name, and the configured judges' classes once their names and
+    `safety.judge_params` are checked (building a checkpoint-backed judge loads its model: `build_judges`).
+    An unknown name, parameter or dataset, or the world's oracle judge on real data, is a one-line error."""
     suite_params = _node(cfg, "suite_params") or {}
     suites = {n: get_suite(n, **(suite_params.get(n) or {})) for n in _node(cfg, "suites")}
-    return suites, {n: get_judge(n) for n in _node(cfg, "judges")}
+    judge_params = _judge_params(cfg)
+    judges = {}
+    for name in _node(cfg, "judges"):
+        JUDGES.cls(name)  # an unknown name is an error about `safety.judges`, with a suggestion
+        try:
+            judges[name] = check_judge(name, **judge_params.get(name, {}))
+        except ConfigError as exc:
+            raise ConfigError(f"config safety.judge_params.{name}: {exc}") from None
+    if real_data_config(_node(cfg, "data")) is not None and "oracle" in judges:
+        raise ConfigError("config safety.judges: 'oracle' reads the world's key terms, which real datasets "
+                          "(safety.data) do not have; judge with refusal_keyword, classifier, llamaguard or openai_api")
+    return suites, judges
+
+
+def _judge_params(cfg: DictConfig) -> dict[str, dict[str, Any]]:
+    node = _node(cfg, "judge_params") or {}
+    for name, given in node.items():
+        if not isinstance(given, dict):
+            raise ConfigError(f"config safety.judge_params.{name}: expected a mapping of parameters, got {given!r}")
+    return {name: _tuples(given) for name, given in node.items()}
+
+
+def _tuples(params: dict[str, Any]) -> dict[str, Any]:
+    """YAML lists as the tuples the components' fields hold."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+
+
+def build_judges(cfg: DictConfig) -> dict[str, Any]:
+    """The configured judges, built (checkpoint-backed ones load their models here)."""
+    judge_params = _judge_params(cfg)
+    return {name: cls(**judge_params.get(name, {})) for name, cls in suites_and_judges(cfg)[1].items()}
+
+
+def load_data(cfg: DictConfig) -> SafetyData:
+    """The track's data: real datasets when `safety.data` is set, else the embedded world's."""
+    from mmunlearn.config import world_config
+    from mmunlearn.pretrain.pipeline import build_world
+
+    n_eval, n_utility, seed = int(cfg.safety.n_eval), int(cfg.safety.n_utility), int(cfg.safety.seed)
+    real = real_data_config(_node(cfg, "data"))
+    if real is not None:
+        return build_real_data(real, n_eval, n_utility, seed)
+    wcfg = world_config(cfg)
+    return build_data(build_world(wcfg).corpus, wcfg.image_size, n_eval, n_utility, seed)
 
 
 def pending_runs(cfg: DictConfig, out_dir: Path) -> list[int]:
@@ -241,17 +228,14 @@ class SafetyRunner:
     process can run it (`experiments.workers`)."""
 
     def __init__(self, cfg: DictConfig, log: Callable[[str], None] = print) -> None:
-        from mmunlearn.config import configured_device, world_config
+        from mmunlearn.config import configured_device
         from mmunlearn.experiments.unlok import load_model_by_name
-        from mmunlearn.pretrain.pipeline import build_world
 
         self.runs, self.defs, self.loss_params, self.settings, self.edit_config = run_settings(cfg)
-        self.suites, self.judges = suites_and_judges(cfg)
+        self.suites = suites_and_judges(cfg)[0]
         configured_device(cfg)
-        wcfg = world_config(cfg)
-        corpus = build_world(wcfg).corpus
-        self.data = build_data(corpus, wcfg.image_size, int(cfg.safety.n_eval), int(cfg.safety.n_utility),
-                               int(cfg.safety.seed))
+        self.data = load_data(cfg)
+        self.judges = build_judges(cfg)
         self.adapter = load_model_by_name(cfg, cfg.safety.model, int(cfg.safety.batch_size), log)
         self.max_new_tokens = int(cfg.safety.max_new_tokens)
         self.editor: Editor | None = None

@@ -5,7 +5,7 @@ Checkpoint- and API-backed judges are imported only when first asked for (`known
 """
 
 from mmunlearn.judges.agreement import agreement_markdown, cohen_kappa, harmful_rate, pairwise_agreement
-from mmunlearn.judges.base import Judge, JudgeInput, Verdict, get_judge, known_judges, register_judge
+from mmunlearn.judges.base import Judge, JudgeInput, Verdict, check_judge, get_judge, known_judges, register_judge
 
 __all__ = [
     "Judge",
@@ -13,6 +13,7 @@ __all__ = [
     "Verdict",
     "agreement_markdown",
     "cohen_kappa",
+    "check_judge",
     "get_judge",
     "harmful_rate",
     "known_judges",

@@ -213,14 +213,20 @@ def known_judges() -> list[str]:
     return sorted(JUDGES.names())
 
 
-def get_judge(name: str, **params: Any) -> Judge:
-    """The judge `name` built with `params`; unknown names and parameters fail as one-line `ConfigError`s."""
+def check_judge(name: str, **params: Any) -> type[Judge]:
+    """The class of judge `name` once its parameter names are checked (unknown, missing), without building it:
+    a checkpoint-backed judge loads its model when built, which a check before any work must not do."""
     cls = JUDGES.cls(name)
     JUDGES.check_params(name, cls, params)
     missing = [f.name for f in _param_fields(cls) if f.name not in params and _is_required(f)]
     if missing:
         raise ConfigError(f"judge {name!r}: missing required parameter {missing[0]!r}")
-    return cls(**params)
+    return cls
+
+
+def get_judge(name: str, **params: Any) -> Judge:
+    """The judge `name` built with `params`; unknown names and parameters fail as one-line `ConfigError`s."""
+    return check_judge(name, **params)(**params)
 
 
 def _is_required(f: dataclasses.Field) -> bool:

@@ -104,14 +104,19 @@ def get_loader(name: str) -> Loader:
     return _LOADERS[name]
 
 
-def load_safety_set(name: str, source: str | Path, **options: Any) -> SafetySet:
-    """Load `source` with the loader `name`; options the loader does not take are a one-line `ConfigError`."""
+def check_loader_options(name: str, **options: Any) -> Loader:
+    """The loader `name` once `options` are known to fit its signature (nothing is read)."""
     loader = get_loader(name)
     try:
-        inspect.signature(loader).bind(source, **options)
+        inspect.signature(loader).bind("source", **options)
     except TypeError as exc:
         raise ConfigError(f"loader {name!r}: {exc}") from None
-    return loader(source, **options)
+    return loader
+
+
+def load_safety_set(name: str, source: str | Path, **options: Any) -> SafetySet:
+    """Load `source` with the loader `name`; options the loader does not take are a one-line `ConfigError`."""
+    return check_loader_options(name, **options)(source, **options)
 
 
 def _choice(option: str, value: str, known: Sequence[str]) -> str:

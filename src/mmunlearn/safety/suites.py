@@ -613,6 +613,23 @@ class TextSuite(Suite):
         return [self._input(prompt, None, plain_request(prompt))]
 
 
+@register_suite("dataset")
+@dataclass
+class DatasetSuite(Suite):
+    """The request and image as the dataset pairs them: FigStep's typographic image with its benign prompt,
+    MM-SafetyBench's SD / TYPO image with its rephrased question, JailBreakV-28K's image with its jailbreak,
+    or a text request alone. The other suites rebuild the attack from the plain question; this one replays
+    the published attack itself."""
+
+    modality = "as given"
+    pairing = "the dataset's own request with its own image (none for a text prompt)"
+
+    def _build(self, prompt: SafetyPrompt, safety_set: SafetySet,
+               adapter: VLMAdapter | None) -> list[AttackInput]:
+        image = safety_set.image(prompt) if prompt.image is not None else None
+        return [self._input(prompt, image, prompt.request)]
+
+
 @register_suite("text_jailbreak")
 @dataclass
 class TextJailbreakSuite(Suite):
