@@ -15,7 +15,7 @@ from mmunlearn.config import load_config
 from mmunlearn.experiments.safety import load_data
 
 FAST = ["safety.n_eval=3", "safety.n_utility=4", "safety.train.steps=2", "safety.train.batch_size=4", "threads=1"]
-SUITES = ["dataset", "text", "figstep", "query_relevant", "jailbreakv"]
+SUITES = ["dataset", "text", "figstep", "query_relevant", "jailbreakv", "pgd_image"]
 
 
 def releases(root: Path) -> dict[str, Path]:
@@ -47,7 +47,11 @@ def test_real_datasets_run_through_the_whole_track(tmp_path, micro_overrides, ca
     assert code == 0, capsys.readouterr().err
     summary = json.loads((out / "summary.json").read_text())
     cells = {(e["run"], e["suite"]) for e in summary["asr"]["refusal_keyword"]}
-    assert cells == {(r, s) for r in ("base", "text_sft", "multimodal_unlearning") for s in SUITES}
+    # MM-SafetyBench has no harmful answers for PGD to aim at: that suite has no cell, and the run says so
+    assert cells == {(r, s) for r in ("base", "text_sft", "multimodal_unlearning") for s in SUITES[:-1]}
+    assert summary["suites_without_inputs"] == ["pgd_image"]
+    assert "suite(s) pgd_image built no attack from these 3 requests" in capsys.readouterr().out
+    assert "Suites that built no attack from these requests ('-' above): pgd_image." in (out / "report.md").read_text()
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     attacks = [r for r in rows if r["type"] == "attack"]
     # MM-SafetyBench's three harmful requests, each replayed with its own SD+TYPO image and rephrased question

@@ -42,6 +42,10 @@ from mmunlearn.runner.run_dir import (
 )
 from mmunlearn.safety.suites import AttackInput, get_suite
 
+# What a suite needs from a request that not every dataset gives
+EMPTY_SUITE_REASON = ("pgd_image needs a harmful answer to aim at; query_relevant and typo_composite an image of "
+                      "the key entity or a key phrase")
+
 
 def _node(cfg: DictConfig, key: str) -> Any:
     value = cfg.safety.get(key)
@@ -287,6 +291,12 @@ def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = prin
             timings[run] = done["timing"]
     seed = int(cfg.safety.seed)
     summary = summarize_safety(rows, runs, list(suites), list(judges), compute, seed=seed)
+    attacked = {r["suite"] for r in rows if r["type"] == "attack"}
+    empty = [s for s in suites if s not in attacked]
+    if empty:  # a '-' column in the tables: say why, once
+        summary["suites_without_inputs"] = empty
+        log(f"safety: suite(s) {', '.join(empty)} built no attack from these {len(data.attack_set)} requests "
+            f"({EMPTY_SUITE_REASON})")
     summary["model"] = runner.adapter.name
     timings["wall_seconds_this_call"] = time.perf_counter() - t0
     write_jsonl_atomic(out_dir / "samples.jsonl", rows)

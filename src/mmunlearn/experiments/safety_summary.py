@@ -144,6 +144,8 @@ def safety_report(summary: dict[str, Any], judges: Sequence[str], runs: Sequence
         f"# Safety: textual vs multimodal unlearning on {summary.get('model', '')}", "",
         *[f"## Attack success rate, judge `{j}` (95% bootstrap CI over requests)\n\n{tables[f'asr/{j}']}\n"
           for j in judges],
+        *([f"Suites that built no attack from these requests ('-' above): "
+           f"{', '.join(summary['suites_without_inputs'])}.", ""] if summary.get("suites_without_inputs") else []),
         "## Utility (accuracy; `over_refusal` = share of benign requests refused, lower is better)", "",
         tables["utility"], "", "## Training compute", "", compute_markdown(summary["compute"], timings), "",
         *(["## Judge agreement", "", tables["agreement"], ""] if tables.get("agreement") else []),
