@@ -104,15 +104,42 @@ def cmd_safety_run(args: argparse.Namespace) -> None:
     print(out)
 
 
+def cmd_list(args: argparse.Namespace) -> None:
+    """Registered components with the parameters this config runs them with."""
+    from mmunlearn.catalog import catalog, render
+    from mmunlearn.config import load_config
+
+    words = [args.kind, *args.overrides] if args.kind else list(args.overrides)
+    kinds = [w for w in words if "=" not in w and not w.startswith(("+", "~"))]
+    print(render(catalog(load_config([w for w in words if w not in kinds]), kinds or None)), end="")
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    """The resolved config, after every check `mmunlearn run` makes before any work (a dry run)."""
+    from omegaconf import OmegaConf
+
+    from mmunlearn.config import load_config
+
+    tracks = _tracks(args.tracks)
+    cfg = load_config(args.overrides)
+    _check_run_config(cfg, tracks)
+    print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+
+
 TRACKS = ("unlok", "safety")
+
+
+def _tracks(value: str) -> list[str]:
+    tracks = [t.strip() for t in value.split(",") if t.strip()]
+    unknown = [t for t in tracks if t not in TRACKS]
+    if unknown or not tracks:
+        raise ConfigError(f"--tracks: unknown track(s) {unknown}; known: {', '.join(TRACKS)}")
+    return tracks
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     """The default experiment: both tracks on one run directory; rerunning resumes it. `-m` sweeps."""
-    tracks = [t.strip() for t in args.tracks.split(",") if t.strip()]
-    unknown = [t for t in tracks if t not in TRACKS]
-    if unknown or not tracks:
-        raise ConfigError(f"--tracks: unknown track(s) {unknown}; known: {', '.join(TRACKS)}")
+    tracks = _tracks(args.tracks)
     if not args.multirun:
         if args.list_jobs:
             raise ConfigError("--list-jobs needs -m/--multirun")
@@ -263,6 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     from mmunlearn.report import report_commands
 
     report_commands(sub)
+    listing = sub.add_parser("list", help="registered defenses, attacks, unlearning methods, suites, judges, "
+                                          "dataset loaders and models, with the parameters a config runs them with")
+    listing.add_argument("kind", nargs="?", help="one of defenses, attacks, methods, suites, judges, loaders, "
+                                                 "models (default: all)")
+    _overrides(listing)
+    listing.set_defaults(func=cmd_list)
+    config = sub.add_parser("config", help="check a config as `run` does before any work and print it resolved")
+    config.add_argument("--tracks", default=",".join(TRACKS), help="comma-separated: unlok, safety")
+    _overrides(config)
+    config.set_defaults(func=cmd_config)
     return parser
 
 

@@ -112,6 +112,9 @@ def kl_on_tokens(ref_logits: torch.Tensor, logits: torch.Tensor, attention: torc
 @register_method("yao")
 @dataclass
 class Yao(UnlearnMethod):
+    """Yao et al. (2023): gradient ascent on the harmful answers, learning mismatched random answers for the
+    same requests, and KL to the original model on normal data."""
+
     uses: ClassVar[tuple[str, ...]] = ("forget", "mismatch", "normal")
     needs_reference: ClassVar[bool] = True
     ga_weight: float = 0.5
@@ -130,6 +133,9 @@ class Yao(UnlearnMethod):
 @register_method("npo")
 @dataclass
 class NPO(UnlearnMethod):
+    """NPO (Zhang et al., 2024) on the harmful answers against the original model, plus the likelihood of
+    normal data."""
+
     uses: ClassVar[tuple[str, ...]] = ("forget", "normal")
     needs_reference: ClassVar[bool] = True
     beta: float = 0.1
@@ -146,6 +152,9 @@ class NPO(UnlearnMethod):
 @register_method("rmu")
 @dataclass
 class RMU(UnlearnMethod):
+    """RMU (Li et al., 2024): steer the forget data's hidden states at `layer` to a random direction, keep
+    normal data's states at the original model's."""
+
     uses: ClassVar[tuple[str, ...]] = ("forget", "normal")
     needs_reference: ClassVar[bool] = True
     layer: int = -2
@@ -168,6 +177,8 @@ class RMU(UnlearnMethod):
 @register_method("sft")
 @dataclass
 class RefusalSFT(UnlearnMethod):
+    """Refusal SFT: learn to refuse the harmful requests, plus the likelihood of normal data."""
+
     uses: ClassVar[tuple[str, ...]] = ("refusal", "normal")
     normal_weight: float = 1.0
 

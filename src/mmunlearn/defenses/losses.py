@@ -119,6 +119,8 @@ def entropy(logp: torch.Tensor) -> torch.Tensor:
 @register_defense("fact_erasure")
 @dataclass
 class FactErasure(Defense):
+    """Fact erasure: lower the probability of the true answer (its mean over the edit prompts)."""
+
     def loss(self, terms: EditTerms) -> torch.Tensor:
         return terms.target_logprob.exp().mean()
 
@@ -126,6 +128,8 @@ class FactErasure(Defense):
 @register_defense("empty_response")
 @dataclass
 class EmptyResponse(Defense):
+    """Empty response: teach the configured empty answer (`unlok.empty_answer`) in place of the true one."""
+
     target: ClassVar[str] = "empty"
 
     def loss(self, terms: EditTerms) -> torch.Tensor:
@@ -135,6 +139,8 @@ class EmptyResponse(Defense):
 @register_defense("error_injection")
 @dataclass
 class ErrorInjection(Defense):
+    """Error injection: teach a wrong answer (the record's alternative) in place of the true one."""
+
     target: ClassVar[str] = "alt"
 
     def loss(self, terms: EditTerms) -> torch.Tensor:
@@ -156,6 +162,9 @@ class LayerRangeDefense(Defense):
 @register_defense("head_projection")
 @dataclass
 class HeadProjection(LayerRangeDefense):
+    """Head projection: push the true answer out of the logit lens's top-k and bottom-k at every listed layer
+    (the defense against the whitebox attacks that read those layers)."""
+
     k: int = field(default=100, metadata=at_least(1))
 
     def loss(self, terms: EditTerms) -> torch.Tensor:
@@ -167,6 +176,8 @@ class HeadProjection(LayerRangeDefense):
 @register_defense("max_entropy")
 @dataclass
 class MaxEntropy(LayerRangeDefense):
+    """Max-entropy: make the logit lens's distribution at every listed layer as flat as possible."""
+
     def loss(self, terms: EditTerms) -> torch.Tensor:
         if terms.lens_logprobs is None:
             raise ConfigError("max_entropy needs the logit lens; the editor did not compute it")
@@ -176,6 +187,8 @@ class MaxEntropy(LayerRangeDefense):
 @register_defense("input_rephrasing")
 @dataclass
 class InputRephrasing(FactErasure):
+    """Input rephrasing: fact erasure over the prompt with each prefix, so paraphrased inputs are covered."""
+
     prefixes: tuple[str, ...] = REPHRASE_PREFIXES
 
     def __post_init__(self) -> None:
@@ -190,6 +203,8 @@ class InputRephrasing(FactErasure):
 @register_defense("gradient_ascent")
 @dataclass
 class GradientAscent(Defense):
+    """Gradient ascent: raise the true answer's negative log-likelihood, unbounded (no retain term by default)."""
+
     def loss(self, terms: EditTerms) -> torch.Tensor:
         return terms.target_logprob.mean()
 
@@ -197,6 +212,8 @@ class GradientAscent(Defense):
 @register_defense("grad_diff")
 @dataclass
 class GradDiff(Defense):
+    """Gradient difference: gradient ascent on the fact plus the likelihood of other facts (`retain_weight`)."""
+
     retain_weight: float = field(default=1.0, metadata=at_least(0))
 
     def loss(self, terms: EditTerms) -> torch.Tensor:
@@ -206,6 +223,9 @@ class GradDiff(Defense):
 @register_defense("npo")
 @dataclass
 class NPO(Defense):
+    """Negative preference optimisation (Zhang et al., 2024): a bounded gradient ascent against the unedited
+    model, plus the likelihood of other facts (`retain_weight`)."""
+
     needs_reference: ClassVar[bool] = True
     retain_weight: float = field(default=1.0, metadata=at_least(0))
     beta: float = field(default=0.1, metadata=at_least(0, strict=True))

@@ -605,6 +605,8 @@ def suite_table_markdown() -> str:
 @register_suite("text")
 @dataclass
 class TextSuite(Suite):
+    """The plain harmful question, no image."""
+
     modality = "text"
     pairing = "the plain harmful request, no image"
 
@@ -683,6 +685,9 @@ class FigStepSuite(Suite):
 @register_suite("query_relevant")
 @dataclass
 class QueryRelevantSuite(Suite):
+    """MM-SafetyBench's query-relevant attack: an image of the key entity, the request rephrased to refer to
+    it."""
+
     modality = "image+text"
     pairing = "image of the key entity + the request rephrased to refer to the entity in the image"
 
