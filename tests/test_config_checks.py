@@ -144,3 +144,21 @@ def test_cli_refuses_a_bad_value_before_writing_anything(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["mmunlearn: error: defense 'head_projection': parameter 'k' must be an integer, got 'abc'"]
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("check", "override", "message"), [
+    (_unlok, "+unlok.n_fact=3", "config unlok: unknown key(s) ['n_fact']"),
+    (_unlok, "+unlok.edit.rnak=2", "config unlok.edit: unknown key(s) ['rnak']"),
+    (_unlok, "+unlok.relearning.stpes=2", "config unlok.relearning: unknown key(s) ['stpes']"),
+    (_safety, "+safety.n_evals=3", "config safety: unknown key(s) ['n_evals']"),
+    (_safety, "+safety.train.stpes=3", "config safety.train: unknown key(s) ['stpes']"),
+    (_safety, "+safety.params.rnak=3", "config safety.params: unknown key(s) ['rnak']"),
+    (load_config, "+thread=3", "config: unknown key(s) ['thread']"),
+    (load_config, "+paths.cache=/x", "config paths: unknown key(s) ['cache']"),
+])
+def test_unknown_key_is_a_config_error_with_the_closest_known_one(check, override, message):
+    """A key nothing reads is a typo, never silently ignored (`+unlok.n_fact=3` would run every fact)."""
+    with pytest.raises(ConfigError) as err:
+        check([override])
+    text = str(err.value)
+    assert text.startswith(message) and "did you mean" in text and "\n" not in text

@@ -17,7 +17,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mmunlearn.config_checks import at_least, check_values, field_hints
+from mmunlearn.config_checks import at_least, check_known, check_values, field_hints
 from mmunlearn.errors import ConfigError
 from mmunlearn.models.smol_llava import SmolLlavaSpec
 from mmunlearn.models.tiny_llava import TinyLlavaSpec
@@ -76,9 +76,14 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"config: {_first_message(exc)}") from None
+    check_known(cfg, [*SECTIONS, *(f.name for f in dataclasses.fields(TopKeys))], "")
+    check_known(cfg.paths, ("cache_dir", "output_dir"), "paths")
     check_values(TopKeys, {k: cfg.get(k) for k in ("threads", "device")}, "")
     device_named(cfg)  # a name torch knows; whether this machine has it is checked where a model runs
     return cfg
+
+
+SECTIONS = ("world", "pretrain", "model", "unlok", "safety", "paths")  # each checked by the code that reads it
 
 
 @dataclasses.dataclass

@@ -9,6 +9,7 @@ does not fit, so the CLI prints one line instead of a traceback from deep inside
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import sys
@@ -117,3 +118,14 @@ def check_values(cls: type, values: Mapping[str, Any], where: str, component: bo
             if (value <= low if strict else value < low) or (high is not None and value > high):
                 span = f"{'>' if strict else '>='} {low}" + (f" and <= {high}" if high is not None else "")
                 raise ConfigError(f"{name} must be {span}, got {value!r}")
+
+
+def check_known(keys: Sequence[str] | Mapping[str, Any], known: Sequence[str], where: str) -> None:
+    """A key no code reads is a typo (`+unlok.n_fact=3` would otherwise run every fact): one line naming it,
+    the section's keys and the closest one."""
+    unknown = sorted(set(keys) - set(known))
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], list(known), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"config{' ' + where if where else ''}: unknown key(s) {unknown}; known: "
+                          f"{', '.join(sorted(known))}{hint}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from mmunlearn.config_checks import at_least, check_values
+from mmunlearn.config_checks import at_least, check_known, check_values
 from mmunlearn.defenses.dataset_unlearning import TrainSettings, UnlearnTrainer, get_method
 from mmunlearn.defenses.editor import EditConfig, Editor
 from mmunlearn.errors import ConfigError
@@ -77,7 +77,9 @@ class SafetyKeys:
 
 def run_settings(cfg: DictConfig) -> tuple[list[str], dict[str, Any], dict[str, Any], TrainSettings, EditConfig]:
     """Runs, their definitions and the training settings, all checked before any work."""
-    check_values(SafetyKeys, OmegaConf.to_container(cfg.safety, resolve=True), "safety")
+    node = OmegaConf.to_container(cfg.safety, resolve=True)
+    check_known(node, [f.name for f in fields(SafetyKeys)], "safety")
+    check_values(SafetyKeys, node, "safety")
     runs = _node(cfg, "runs")
     defs = _node(cfg, "run_defs") or {}
     if not isinstance(runs, list) or not runs:
@@ -95,6 +97,9 @@ def run_settings(cfg: DictConfig) -> tuple[list[str], dict[str, Any], dict[str, 
         get_method(spec["loss"], **(loss_params.get(spec["loss"]) or {}))
     train = _node(cfg, "train") or {}
     params = dict(_node(cfg, "params") or {})
+    check_known(train, [f.name for f in fields(TrainSettings) if f.init and f.name != "seed"], "safety.train")
+    check_known(params, [f.name for f in fields(EditConfig) if f.init and f.name not in ("lr", "steps", "seed")],
+                "safety.params")
     check_values(TrainSettings, train, "safety.train")
     check_values(EditConfig, params, "safety.params")
     try:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from mmunlearn.attacks.registry import Attack, get_attack
 from mmunlearn.attacks.relearning import RelearnConfig, Relearning
-from mmunlearn.config_checks import at_least, check_values
+from mmunlearn.config_checks import at_least, check_known, check_values
 from mmunlearn.data.records import Benchmark
 from mmunlearn.defenses.batched_editor import BatchedEditor
 from mmunlearn.defenses.editor import EditConfig, Editor
@@ -73,6 +73,8 @@ class RunKeys:
 def check_keys(cfg: DictConfig) -> None:
     """Every key of the `unlok` section that is read as a number, a name or a list has the right kind of value."""
     node = OmegaConf.to_container(cfg.unlok, resolve=True)
+    known = [f.name for cls in (RunKeys, ProtocolConfig) for f in dataclasses.fields(cls)]
+    check_known(node, [*known, "edit"], "unlok")  # `edit` is checked by EditConfig
     check_values(RunKeys, node, "unlok")
     check_values(ProtocolConfig, node, "unlok")
 
@@ -107,6 +109,7 @@ def _dataclass_from(cls: type, node: Any, where: str) -> Any:
     if node is not None and not isinstance(node, dict):
         raise ConfigError(f"config {where}: expected a mapping, got {node!r}")
     node = dict(node or {})
+    check_known(node, [f.name for f in dataclasses.fields(cls) if f.init], where)
     check_values(cls, node, where)
     try:
         return cls(**_tuple_fields(node))
