@@ -174,3 +174,29 @@ def test_forward_terms_are_the_per_row_sums_of_answer_log_probs(micro_adapter, m
     assert torch.allclose(terms.target_logprob, torch.stack(hand), atol=1e-5)
     slow, slow_down = torch.autograd.grad(torch.stack(hand).sum(), [head, last_down])
     assert torch.allclose(fast, slow, atol=1e-5) and torch.allclose(fast_down, slow_down, atol=1e-5)
+
+
+@pytest.mark.parametrize("config", [EditConfig(lr=0.1, steps=5, rank=2, alpha=4.0, modules=("q", "down"), layers="all"),
+                                    EditConfig(method="full", lr=0.01, steps=3)])
+def test_save_merged_writes_the_edited_model_as_a_plain_checkpoint(micro_adapter, micro_benchmark, tmp_path, config):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    items = _fact(micro_benchmark)
+    with Editor(micro_adapter, config) as editor:
+        with editor.edited(get_defense("fact_erasure"), EditExamples(items)):
+            edited = forward_terms(micro_adapter, items, None).target_logprob
+            editor.save_merged(tmp_path / "model")
+        original = forward_terms(micro_adapter, items, None).target_logprob
+    assert not torch.allclose(edited, original)  # the edit changed the answer's probability
+    saved = sorted(p.name for p in (tmp_path / "model").iterdir())
+    assert "model.safetensors" in saved and not any(n.endswith((".bin", ".tmp")) for n in saved)
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "model")
+    assert not any("lora_" in n or "base_layer" in n for n, _ in model.named_parameters())
+    AutoProcessor.from_pretrained(tmp_path / "model")
+    original_model = micro_adapter.model
+    micro_adapter.model = model
+    try:
+        reloaded = forward_terms(micro_adapter, items, None).target_logprob
+    finally:
+        micro_adapter.model = original_model
+    torch.testing.assert_close(reloaded, edited, rtol=1e-5, atol=1e-5)

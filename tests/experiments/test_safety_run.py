@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from mmunlearn.cli import main
 from mmunlearn.experiments.safety_summary import compute_ratios
@@ -53,3 +54,31 @@ def test_bad_names_are_one_line_errors_before_any_work(tmp_path, override, messa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
     assert not (tmp_path / "never").exists()
+
+
+def test_saved_runs_are_checkpoints_of_the_trained_model(tmp_path, micro_overrides, capsys):
+    from transformers import AutoModelForImageTextToText
+
+    out = tmp_path / "run"
+    code = main(["safety", "run", "--out", str(out), *micro_overrides, *FAST, f"paths.cache_dir={tmp_path}/c",
+                 "safety.runs=[base,textual_unlearning]", "safety.suites=[text]",
+                 "safety.save_runs=[textual_unlearning]"])
+    assert code == 0, capsys.readouterr().err
+    assert [p.name for p in (out / "models").iterdir()] == ["textual_unlearning"]
+    saved = AutoModelForImageTextToText.from_pretrained(out / "models" / "textual_unlearning")
+    base = AutoModelForImageTextToText.from_pretrained(json.loads((out / "summary.json").read_text())["model"])
+    changed = {n for n, p in saved.state_dict().items() if not torch.equal(p, base.state_dict()[n])}
+    assert changed and all(".language_model.layers." in n for n in changed)  # LoRA on the language model only
+    assert all(n.endswith("proj.weight") for n in changed)
+
+
+@pytest.mark.parametrize("runs, message", [
+    ("[base,text_sft]", "'base' is not a trained run of safety.runs (trained: text_sft)"),
+    ("[text_sft]", "'mm_sft' is not a trained run of safety.runs (trained: text_sft)"),
+])
+def test_save_runs_names_trained_runs(tmp_path, runs, message, capsys):
+    save = "[base]" if "base" in runs else "[mm_sft]"
+    code = main(["safety", "run", "--out", str(tmp_path / "never"), f"safety.runs={runs}", f"safety.save_runs={save}",
+                 "paths.cache_dir=/nonexistent"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err

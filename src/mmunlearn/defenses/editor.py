@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -226,6 +227,32 @@ class Editor:
             yield log
         finally:
             self.restore()
+
+    def merged_state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's weights as edited now, under the names of the model without LoRA: each LoRA's delta
+        (peft's own `get_delta_weight`) added to its base weight; every other tensor is the model's own."""
+        state = {name.replace(".base_layer.", "."): tensor for name, tensor in self.model.state_dict().items()
+                 if "lora_" not in name}
+        if self._injected:
+            for name in self.module_names:
+                module = self.model.get_submodule(name)
+                key = f"{name}.weight"
+                delta = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters)
+                state[key] = state[key] + delta.to(state[key].dtype)
+        return state
+
+    def save_merged(self, directory: Path) -> None:
+        """Write the model as edited now, the edit merged into its weights, with its processor (or tokenizer and
+        image processor): a checkpoint that loads like the original (`AutoModelForImageTextToText`,
+        `AutoProcessor`), in safetensors, written whole or not at all."""
+        from mmunlearn.runner.manifest import atomic_dir
+
+        with atomic_dir(directory) as tmp:
+            self.model.save_pretrained(tmp, state_dict=self.merged_state_dict())
+            parts = [self.adapter.processor] if self.adapter.processor is not None else \
+                [self.adapter.tokenizer, self.adapter.image_processor]
+            for part in parts:
+                part.save_pretrained(tmp)
 
     def close(self) -> None:
         """Remove the LoRA modules: the model is the one the editor was given."""

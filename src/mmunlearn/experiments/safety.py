@@ -73,6 +73,7 @@ class SafetyKeys:
     judges: list[str] = field(default_factory=list)
     judge_params: dict[str, Any] | None = None
     data: dict[str, Any] | None = None
+    save_runs: list[str] = field(default_factory=list)
 
 
 def run_settings(cfg: DictConfig) -> tuple[list[str], dict[str, Any], dict[str, Any], TrainSettings, EditConfig]:
@@ -95,6 +96,10 @@ def run_settings(cfg: DictConfig) -> tuple[list[str], dict[str, Any], dict[str, 
         if not isinstance(spec, dict) or spec.get("data") not in ("text", "multimodal") or "loss" not in spec:
             raise ConfigError(f"config safety.run_defs.{name}: needs loss (sft|yao|npo|rmu) and data (text|multimodal)")
         get_method(spec["loss"], **(loss_params.get(spec["loss"]) or {}))
+    for name in _node(cfg, "save_runs") or []:
+        if name not in runs or defs.get(name) is None:
+            raise ConfigError(f"config safety.save_runs: {name!r} is not a trained run of safety.runs "
+                              f"(trained: {', '.join(r for r in runs if defs.get(r) is not None) or 'none'})")
     train = _node(cfg, "train") or {}
     params = dict(_node(cfg, "params") or {})
     check_known(train, [f.name for f in fields(TrainSettings) if f.init and f.name != "seed"], "safety.train")
@@ -247,6 +252,7 @@ class SafetyRunner:
         self.judges = build_judges(cfg)
         self.adapter = load_model_by_name(cfg, cfg.safety.model, int(cfg.safety.batch_size), log)
         self.max_new_tokens = int(cfg.safety.max_new_tokens)
+        self.save_runs = set(_node(cfg, "save_runs") or [])
         self.editor: Editor | None = None
 
     def __enter__(self) -> SafetyRunner:
@@ -263,7 +269,8 @@ class SafetyRunner:
         run = self.runs[index]
         done = _train_and_evaluate(self.adapter, self.editor, run, self.defs[run], self.loss_params, self.settings,
                                    self.data, self.suites, self.judges, self.max_new_tokens,
-                                   units.dir.parent / "images")
+                                   units.dir.parent / "images",
+                                   units.dir.parent / "models" / run if run in self.save_runs else None)
         units.save(index, run, done)
         return done
 
@@ -319,8 +326,9 @@ def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = prin
 def _train_and_evaluate(adapter: VLMAdapter, editor: Editor, run: str, spec: dict[str, Any] | None,
                         loss_params: dict[str, Any], settings: TrainSettings, data: SafetyData,
                         suites: dict[str, Any], judges: dict[str, Any], max_new_tokens: int,
-                        images_dir: Path) -> dict[str, Any]:
-    """One unit: train the run from the original weights (none for the base model), evaluate, restore."""
+                        images_dir: Path, model_dir: Path | None = None) -> dict[str, Any]:
+    """One unit: train the run from the original weights (none for the base model), save the trained model to
+    `model_dir` when given, evaluate, restore."""
     t_run = time.perf_counter()
     compute, timing = None, {}
     if spec is not None:
@@ -333,6 +341,8 @@ def _train_and_evaluate(adapter: VLMAdapter, editor: Editor, run: str, spec: dic
                   "memory_kind": c.pop("memory_kind")}
         compute = {**c, "loss": spec["loss"], "data": spec["data"], "first_loss": losses[0], "last_loss": losses[-1]}
     try:
+        if model_dir is not None:  # before the unit is saved: a finished unit's model is always there
+            editor.save_merged(model_dir)
         rows = evaluate(adapter, run, data, suites, judges, max_new_tokens, images_dir)
     finally:
         editor.restore()
