@@ -67,6 +67,7 @@ def test_real_datasets_run_through_the_whole_track(tmp_path, micro_overrides, ca
     assert summary["compute"]["multimodal_unlearning"]["image_tokens"] > 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["safety"]["data"]["attacks"]["loader"] == "mm_safetybench"
+    assert len(manifest["data_fingerprint"]) == len(manifest["train_data_fingerprint"]) == 64
 
 
 def test_real_data_samples_and_forms(tmp_path):
@@ -85,6 +86,12 @@ def test_real_data_samples_and_forms(tmp_path):
     [benign] = data.benign_inputs()
     assert benign.image is not None and benign.question == "What is in the picture?"
     assert data.utility == {} and not data.score_benign_answers
+    rows = data.training_rows()
+    assert {(r["data"], r.get("part")) for r in rows} >= {("text", "forget"), ("multimodal", "normal")}
+    assert all(r["image"] is None or len(r["image"]) == 20 for r in rows if "part" in r)
+    again = load_data(load_config([data_override(files), "safety.n_eval=2", "safety.n_utility=1",
+                                   "+safety.data.n_forget=2"]))
+    assert again.training_rows() == rows  # seeded samples, pixel hashes: the same data gives the same rows
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -319,7 +319,8 @@ def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = prin
     (out_dir / "report.md").write_text(safety_report(summary, list(judges), runs, list(suites), timings),
                                        encoding="utf-8")
     finish_manifest(out_dir, finished=now(), model_fingerprint=model_fingerprint(runner.adapter.name),
-                    data_fingerprint=data_fingerprint([*data.attack_set, *data.benign_eval]))
+                    data_fingerprint=data_fingerprint([*data.attack_set, *data.benign_eval]),
+                    train_data_fingerprint=data_fingerprint(data.training_rows()))
     return summary, time.perf_counter() - t0
 
 

@@ -9,6 +9,7 @@ requests with safe answers to keep (PKU-SafeRLHF's safe responses, VLGuard), har
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,20 @@ class SafetyData:
     benign_eval: SafetySet
     utility: dict[str, list[tuple[VLMInput, str]]]
     score_benign_answers: bool = True  # world benign requests have a short gold answer; real ones do not
+
+    def training_rows(self) -> list[dict[str, Any]]:
+        """What the runs train on (every forget, refusal and normal row of both modalities, and the random
+        answers), with each image as a hash of its pixels: the manifest's fingerprint of the training data,
+        which for real datasets is not fixed by the config alone."""
+        rows: list[dict[str, Any]] = []
+        for modality, data in (("text", self.forget_text), ("multimodal", self.forget_multimodal)):
+            for part in ("forget", "refusal", "normal"):
+                rows += [{"data": modality, "part": part, "question": i.question, "answer": i.answer,
+                          "image": None if i.image is None else
+                          hashlib.blake2b(i.image.tobytes() + repr(i.image.size).encode(), digest_size=10).hexdigest()}
+                         for i in getattr(data, part)]
+            rows.append({"data": modality, "random_answers": data.random_answers})
+        return rows
 
     def benign_inputs(self) -> list[VLMInput]:
         """The benign requests as the model gets them (with their image, where a dataset pairs one)."""
