@@ -102,8 +102,12 @@ def main() -> None:
     rows = args.group * len(benchmark)
     print(f"| probe states after an edit ({rows} rows: {args.group} facts x every record), whole model | "
           f"{whole * 1e3:.0f} | 1.00x (of this row) |")
-    print(f"| the same, resumed at the edited layer (largest difference {gap:.1e}) | {resumed * 1e3:.0f} | "
-          f"{resumed / whole:.2f}x the whole model |")
+    if resumed is not None:
+        print(f"| the same, resumed at the edited layer (largest difference {gap:.1e}) | {resumed * 1e3:.0f} | "
+              f"{resumed / whole:.2f}x the whole model |")
+    else:
+        print("| the same, resumed at the edited layer | - | not applicable: the edit is at layer 0 (the protocol runs "
+              "the whole model there too) |")
     if above is not None:
         print(f"| the same, resumed above the edited down-projection (largest difference {gap_above:.1e}) | "
               f"{above * 1e3:.0f} | {above / whole:.2f}x the whole model |")
@@ -113,21 +117,23 @@ def main() -> None:
                        "group": args.group, "group_plain_ms": gp * 1e3, "group_lens_ms": gl * 1e3,
                        "group_lens_ratio": gl / gp if gp else None, "group_suite_ms": gs * 1e3,
                        "group_ratio": gs / gp if gp else None, "probe_states_whole_ms": whole * 1e3,
-                       "probe_states_resumed_ms": resumed * 1e3, "probe_states_max_difference": gap,
+                       "probe_states_resumed_ms": None if resumed is None else resumed * 1e3,
+                       "probe_states_max_difference": gap,
                        "probe_states_above_down_ms": None if above is None else above * 1e3,
                        "probe_states_above_down_max_difference": gap_above}, fh, indent=2)
 
 
 def probe_states_after_edit(cfg, adapter, benchmark, group: int,  # noqa: ANN001
-                            repeats: int) -> tuple[float, float, float | None, float, float | None]:
+                            repeats: int) -> tuple[float, float | None, float | None, float | None, float | None]:
     """Median seconds of the probe's training states for a group's edited models: whole, resumed at the edited
-    layer and (where the edit is that layer's down-projection alone) resumed above it, with the largest
-    absolute difference of each resumed variant from the whole model."""
+    layer (where the protocol does: layers 1 and up) and (where the edit is that layer's down-projection alone)
+    resumed above it, with the largest absolute difference of each resumed variant from the whole model."""
     _, _, edit_config, _ = build_components(cfg)
     items = [VLMInput(benchmark.image(r.image), r.question) for r in benchmark.records]
     with BatchedEditor(adapter, edit_config, slots=group) as editor:
         layer = lowest_layer(adapter, editor.module_names)
-        stored = adapter.layer_inputs(items, layer)
+        at_layer = adapter.resumes_at_layer and layer is not None and 1 <= layer < adapter.num_layers
+        stored = adapter.layer_inputs(items, layer) if at_layer else None
         down_only = list(editor.module_names) == [adapter.module_names().mlp_down[layer]] and \
             adapter.resumes_after_mlp_down(layer)
         below_down = adapter.mlp_down_inputs(items, layer) if down_only else None
@@ -136,7 +142,7 @@ def probe_states_after_edit(cfg, adapter, benchmark, group: int,  # noqa: ANN001
             for module in editor.modules:
                 module.B.copy_(torch.randn(module.B.shape, generator=generator) * 0.1)
         owners = [fact for fact in range(group) for _ in items]
-        kinds = ("whole", "resumed", "above") if down_only else ("whole", "resumed")
+        kinds = ["whole", *(["resumed"] if at_layer else []), *(["above"] if down_only else [])]
         times: dict[str, list[float]] = {kind: [] for kind in kinds}
         states = {}
         for _ in range(repeats):
@@ -147,10 +153,14 @@ def probe_states_after_edit(cfg, adapter, benchmark, group: int,  # noqa: ANN001
                         below_down.rows(list(range(len(items))) * group)
                     states[kind] = adapter.hidden_states(items * group, resume=resume)
                 times[kind].append(clock(adapter) - t0)
-    gap = float((states["whole"] - states["resumed"]).abs().max())
-    above = statistics.median(times["above"]) if down_only else None
-    gap_above = float((states["whole"] - states["above"]).abs().max()) if down_only else None
-    return statistics.median(times["whole"]), statistics.median(times["resumed"]), above, gap, gap_above
+
+    def median_and_gap(kind: str) -> tuple[float | None, float | None]:
+        if kind not in states:
+            return None, None
+        return statistics.median(times[kind]), float((states["whole"] - states[kind]).abs().max())
+
+    (resumed, gap), (above, gap_above) = median_and_gap("resumed"), median_and_gap("above")
+    return statistics.median(times["whole"]), resumed, above, gap, gap_above
 
 
 if __name__ == "__main__":

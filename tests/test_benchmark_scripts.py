@@ -46,3 +46,17 @@ def test_benchmark_script_runs_and_writes_its_json(script, cache, tmp_path, micr
         assert result["same_outcomes"] == result["outcomes"]
     if script == "warmup_cost.py":
         assert result["largest_pixel_difference"] == 0 and result["largest_weight_difference"] == 0
+
+
+@pytest.mark.slow
+def test_whitebox_suite_runs_with_the_edit_at_layer_zero(cache, tmp_path, micro_overrides):
+    """On 2 text layers the edit sits at layer 0, where nothing below it can be skipped: the script reports
+    the resumed variant as not applicable, as the protocol runs the whole model there, instead of failing."""
+    out = tmp_path / "result.json"
+    proc = subprocess.run([sys.executable, "whitebox_suite.py", "--facts", "4", "--repeats", "1", "--group", "2",
+                           "--out", str(out), "unlok.n_facts=8", *micro_overrides, f"paths.cache_dir={cache}"],
+                          cwd=BENCHMARKS, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "not applicable: the edit is at layer 0" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["probe_states_resumed_ms"] is None and result["probe_states_above_down_max_difference"] == 0.0
