@@ -231,3 +231,17 @@ def test_a_worker_error_stops_the_run_with_its_one_line_message(tmp_path, micro_
         run_in_workers(cfg, {"unlok": tmp_path / "run"}, [("unlok", 10_000)], 1,
                        on_unit=lambda *job: finished.append(job))  # no fact at 10,000
     assert "\n" not in str(error.value) and not finished
+
+
+def test_a_failing_worker_ends_the_command_with_its_message_alone(tmp_path, micro_overrides):
+    """pd2 cannot run on the micro model's 2 layers: a worker fails at its first group and the parent terminates
+    the other mid-group. Nothing the terminated worker held is reported leaked after the run's one-line error
+    (tqdm's default lock, a multiprocessing semaphore, was: `resource_tracker: There appear to be 1 leaked
+    semaphore objects` on every such run)."""
+    cmd = [sys.executable, "-m", "mmunlearn.cli", "run", "--tracks", "unlok", "--out", str(tmp_path / "run"),
+           *micro_overrides, "threads=2", "unlok.workers=2", "unlok.n_facts=24", "unlok.batch_facts=4",
+           f"paths.cache_dir={tmp_path}/c"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and lines[-1].startswith("mmunlearn: error: worker process: ConfigError"), lines
+    assert "pd2" in lines[-1] and "resource_tracker" not in proc.stderr and "leaked" not in proc.stderr

@@ -97,8 +97,15 @@ def _work(config: dict[str, Any], out_dirs: dict[str, str], threads: int, todo: 
     `parent`, is gone), opening each track's runner when its first job comes."""
     try:
         import contextlib
+        import threading
 
         import torch
+        from tqdm import tqdm
+
+        # tqdm's default lock is a multiprocessing semaphore, registered with the parent's resource tracker; a
+        # worker stopped by `terminate` (another worker failed, Ctrl-C) never unregisters it, and the tracker
+        # then warns of a leaked semaphore after the run's own message. This worker's bars need a thread lock.
+        tqdm.set_lock(threading.RLock())
 
         # This worker's share is its `threads` (read again by whatever loads the model): more threads than
         # cores across the workers makes each of them many times slower.
