@@ -162,3 +162,20 @@ def test_unknown_key_is_a_config_error_with_the_closest_known_one(check, overrid
         check([override])
     text = str(err.value)
     assert text.startswith(message) and "did you mean" in text and "\n" not in text
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["model.text_layers=2"], "attack 'pd2' needs at least 3 layers, got [1, 2]"),
+    (["unlok.attack_params.hp.layers=[7]"], "attack 'hp': layer 7 out of range"),
+    (["unlok.edit.layers=[5]"], "unlok.edit.layers: index 5 out of range for 4"),
+])
+def test_layers_the_embedded_model_cannot_hold_fail_before_any_work(overrides, message):
+    """The tiny model's layer count is in the config: no need to pretrain and load it to find out."""
+    with pytest.raises(ConfigError) as err:
+        _unlok(overrides)
+    assert message in str(err.value)
+
+
+def test_a_named_model_layers_are_checked_when_it_loads():
+    _unlok(["model.text_layers=2", "unlok.model=some/checkpoint"])  # its layer count is not in the config
+    _unlok(["model.text_layers=2", "unlok.attack_params.pd2.layers=all"])

@@ -233,14 +233,16 @@ def test_a_worker_error_stops_the_run_with_its_one_line_message(tmp_path, micro_
     assert "\n" not in str(error.value) and not finished
 
 
-def test_a_failing_worker_ends_the_command_with_its_message_alone(tmp_path, micro_overrides):
-    """pd2 cannot run on the micro model's 2 layers: a worker fails at its first group and the parent terminates
-    the other mid-group. Nothing the terminated worker held is reported leaked after the run's one-line error
-    (tqdm's default lock, a multiprocessing semaphore, was: `resource_tracker: There appear to be 1 leaked
-    semaphore objects` on every such run)."""
+def test_a_failing_worker_ends_the_command_with_its_message_alone(tmp_path, micro_overrides, capsys):
+    """pd2 cannot run on the micro model's 2 layers; given as a directory, the model's layer count is known only
+    once a worker loads it, so a worker fails at its first group and the parent terminates the other mid-group.
+    Nothing the terminated worker held is reported leaked after the run's one-line error (tqdm's default lock,
+    a multiprocessing semaphore, was: `resource_tracker: There appear to be 1 leaked semaphore objects`)."""
+    assert main(["pretrain", *micro_overrides, f"paths.cache_dir={tmp_path}/c"]) == 0
+    model_dir = capsys.readouterr().out.strip().splitlines()[-1]
     cmd = [sys.executable, "-m", "mmunlearn.cli", "run", "--tracks", "unlok", "--out", str(tmp_path / "run"),
            *micro_overrides, "threads=2", "unlok.workers=2", "unlok.n_facts=24", "unlok.batch_facts=4",
-           f"paths.cache_dir={tmp_path}/c"]
+           f"unlok.model={model_dir}", f"paths.cache_dir={tmp_path}/c"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and lines[-1].startswith("mmunlearn: error: worker process: ConfigError"), lines

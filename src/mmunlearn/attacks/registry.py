@@ -93,6 +93,10 @@ class Attack(abc.ABC):
 
         return Needs()
 
+    def check_model(self, n_layers: int) -> None:  # noqa: B027 - a hook: most attacks run on any layer count
+        """Raise `ConfigError` if this attack cannot run on a model with `n_layers` decoder layers (checked before
+        any work where the layer count is known without loading the model)."""
+
     def params(self) -> dict[str, Any]:
         """The parameters as given (after validation), for the outcome's record."""
         return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}

@@ -361,6 +361,9 @@ class _LensAttack(_GroupAttack):
     def needs(self, ctx: AttackContext) -> Needs:
         return Needs(forward=True)
 
+    def check_model(self, n_layers: int) -> None:
+        resolve_layers(self.name, self.layers, n_layers, min_count=self.order + 1)
+
     def read(self, ctx: AttackContext) -> torch.Tensor:
         return ctx.lens()
 
@@ -436,6 +439,9 @@ class HiddenStateProbe(_GroupAttack):
 
     def needs(self, ctx: AttackContext) -> Needs:
         return Needs(forward=True, probe_records=self.n_train)
+
+    def check_model(self, n_layers: int) -> None:
+        resolve_layers(self.name, self.layers, n_layers)
 
     def read(self, ctx: AttackContext) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
         return (*ctx.probe_states(self.n_train), ctx.hidden())

@@ -30,6 +30,7 @@ from mmunlearn.errors import ConfigError, DataError, MMUnlearnError
 from mmunlearn.experiments.unlok_protocol import Protocol, ProtocolConfig
 from mmunlearn.experiments.unlok_summary import summarize
 from mmunlearn.models.adapters.base import VLMAdapter
+from mmunlearn.models.layer_spec import resolve_layers
 from mmunlearn.runner.manifest import now, write_json_atomic
 from mmunlearn.runner.run_dir import (
     Units,
@@ -175,7 +176,21 @@ def build_components(cfg: DictConfig) -> tuple[dict[str, Defense], dict[str, Att
     edit = _dataclass_from(EditConfig, _node(cfg, "edit"), "unlok.edit")
     relearn_node = _node(cfg, "relearning")
     relearn = None if relearn_node is None else _dataclass_from(RelearnConfig, relearn_node, "unlok.relearning")
+    check_embedded_layers(cfg, attacks, edit)
     return defenses, attacks, edit, relearn
+
+
+def check_embedded_layers(cfg: DictConfig, attacks: dict[str, Attack], edit: EditConfig) -> None:
+    """Attacks' and the edit's layers against the embedded tiny model's layer count, known from the config: a
+    layer list it cannot hold is a one-line error before pretraining and loading, not inside a worker later. A
+    named model (or smol, whose language model sets the count) is checked when it is loaded."""
+    if cfg.unlok.get("model") is not None or cfg.model.get("kind", "tiny") != "tiny":
+        return
+    n_layers = int(cfg.model.text_layers)
+    for attack in attacks.values():
+        attack.check_model(n_layers)
+    resolve_layers(tuple(edit.layers) if isinstance(edit.layers, list) else edit.layers, n_layers,
+                   what="unlok.edit.layers")
 
 
 def edit_overrides(cfg: DictConfig, defenses: dict[str, Defense]) -> dict[str, dict[str, Any]]:
