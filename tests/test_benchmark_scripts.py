@@ -54,7 +54,8 @@ def test_whitebox_suite_runs_with_the_edit_at_layer_zero(cache, tmp_path, micro_
     the resumed variant as not applicable, as the protocol runs the whole model there, instead of failing."""
     out = tmp_path / "result.json"
     proc = subprocess.run([sys.executable, "whitebox_suite.py", "--facts", "4", "--repeats", "1", "--group", "2",
-                           "--out", str(out), "unlok.n_facts=8", *micro_overrides, f"paths.cache_dir={cache}"],
+                           "--out", str(out), "unlok.n_facts=8", "unlok.attack_params.pd2.layers=all", *micro_overrides,
+                           f"paths.cache_dir={cache}"],
                           cwd=BENCHMARKS, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "not applicable: the edit is at layer 0" in proc.stdout
