@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from safety_releases import mmsb_release, pku_rows, vlguard_release, write_jsonl
+from safety_releases import mmsb_release, pku_rows, vlguard_release, write_image, write_jsonl
 
 from mmunlearn.cli import main
 from mmunlearn.config import load_config
@@ -20,7 +20,16 @@ SUITES = ["dataset", "text", "figstep", "query_relevant", "jailbreakv", "pgd_ima
 
 def releases(root: Path) -> dict[str, Path]:
     return {"pku": write_jsonl(root / "pku" / "train.jsonl", pku_rows()), "vlguard": vlguard_release(root / "vlguard"),
-            "mmsb": mmsb_release(root / "mmsb")}
+            "mmsb": mmsb_release(root / "mmsb"), "vqa": vqa_items(root / "vqa")}
+
+
+def vqa_items(root: Path) -> Path:
+    """Three VQA items in `unlok build`'s JSONL, their images beside them."""
+    for name, color in (("red", (200, 30, 30)), ("green", (30, 200, 30)), ("blue", (30, 30, 200))):
+        write_image(root / "img" / f"{name}.png", color=color)
+    rows = [{"image": f"img/{n}.png", "question": "What color is the square?", "answers": [n, f"{n} square"]}
+            for n in ("red", "green", "blue")]
+    return write_jsonl(root / "items.jsonl", rows)
 
 
 def data_override(files: dict[str, Path], **extra: str) -> str:
@@ -40,7 +49,9 @@ def test_real_datasets_run_through_the_whole_track(tmp_path, micro_overrides, ca
     files = releases(tmp_path / "data")
     out = tmp_path / "run"
     args = ["safety", "run", "--out", str(out), *micro_overrides, *FAST, f"paths.cache_dir={tmp_path}/c",
-            data_override(files, refusal="'I cannot help.'"), "safety.runs=[base,text_sft,multimodal_unlearning]",
+            data_override(files, refusal="'I cannot help.'",
+                          utility=f"{{items:'{files['vqa']}',images:'{files['vqa'].parent}'}}"),
+            "safety.runs=[base,text_sft,multimodal_unlearning]",
             f"safety.suites=[{','.join(SUITES)}]", "safety.judges=[refusal_keyword]",
             "+safety.judge_params.refusal_keyword.markers=[cannot,sorry]"]
     code = main(args)
@@ -62,8 +73,12 @@ def test_real_datasets_run_through_the_whole_track(tmp_path, micro_overrides, ca
     for r in attacks:
         refused = any(m in r["response"].lower() for m in ("cannot", "sorry"))
         assert r["verdicts"]["refusal_keyword"]["harmful"] == (bool(r["response"].strip()) and not refused)
-    # real benign requests have no short gold answer: over-refusal is measured, answers are not scored
-    assert {r["measure"] for r in rows if r["type"] == "utility"} == {"over_refusal"}
+    # real benign requests have no short gold answer: over-refusal is measured, answers are not scored; the
+    # VQA items of safety.data.utility are (3 of them, below n_utility=4, per run)
+    utility = [r for r in rows if r["type"] == "utility"]
+    assert {r["measure"] for r in utility} == {"over_refusal", "vqa"}
+    assert sum(r["measure"] == "vqa" and r["run"] == "base" for r in utility) == 3
+    assert {e["measure"] for e in summary["utility"]} == {"over_refusal", "vqa"}
     assert summary["compute"]["multimodal_unlearning"]["image_tokens"] > 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["safety"]["data"]["attacks"]["loader"] == "mm_safetybench"
@@ -107,6 +122,8 @@ def test_real_data_samples_and_forms(tmp_path):
     (["safety.judges=[refusal_keyword]", "DATA", "+safety.data.n_foget=3"], "unknown key(s) ['n_foget']"),
     (["safety.judges=[refusal_keyword]", "DATA", "+safety.data.n_forget=0"], "config safety.data.n_forget: must be "
                                                                           ">= 1"),
+    (["safety.judges=[refusal_keyword]", "DATA", "+safety.data.utility={items:x.jsonl}"],
+     "config safety.data.utility: expected {items: VQA JSONL, images: their folder}"),
 ])
 def test_bad_real_data_and_judge_settings_fail_before_any_work(tmp_path, overrides, message, capsys):
     files = releases(tmp_path / "data")
@@ -129,3 +146,14 @@ def test_data_without_what_a_role_needs_is_one_line_naming_it(tmp_path, micro_ov
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and f"safety.data.{role} (vlguard" in err[0] and message in err[0], err
         assert not out.exists()  # the failed start withdrew its claim
+
+
+def test_utility_items_that_cannot_be_read_fail_in_one_line_naming_the_file(tmp_path, micro_overrides, capsys):
+    files = releases(tmp_path / "data")
+    missing = tmp_path / "nowhere.jsonl"
+    code = main(["safety", "run", "--out", str(tmp_path / "run"), *micro_overrides, *FAST,
+                 f"paths.cache_dir={tmp_path}/c", "safety.judges=[refusal_keyword]",
+                 data_override(files, utility=f"{{items:'{missing}',images:'{tmp_path}'}}")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(missing) in err[0], err
+    assert not (tmp_path / "run").exists()

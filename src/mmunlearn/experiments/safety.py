@@ -147,7 +147,7 @@ def evaluate(adapter: VLMAdapter, run: str, data: SafetyData, suites: dict[str, 
     requests += data.benign_inputs()
     responses = adapter.generate(requests, max_new_tokens=max_new_tokens)
     utility = [(measure, item, gold) for measure, pairs in data.utility.items() for item, gold in pairs]
-    utility_answers = adapter.generate([item for _, item, _ in utility], max_new_tokens=6)
+    utility_answers = adapter.generate([item for _, item, _ in utility], max_new_tokens=data.utility_max_new_tokens)
     rows: list[dict[str, Any]] = []
     start = 0
     for name, inputs in built.items():
@@ -162,7 +162,7 @@ def evaluate(adapter: VLMAdapter, run: str, data: SafetyData, suites: dict[str, 
             rows.append(row)
     for (measure, item, gold), answer in zip(utility, utility_answers):
         rows.append({"type": "utility", "run": run, "measure": measure, "question": item.question,
-                     "answer": answer, "correct": float(contains_answer(answer, (gold,)))})
+                     "answer": answer, "correct": float(contains_answer(answer, gold))})
     answers = responses[start:]
     keyword = get_judge("refusal_keyword")
     verdicts = keyword.judge([JudgeInput(request=p.request, response=a) for p, a in zip(benign, answers)])

@@ -13,9 +13,12 @@ import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mmunlearn.config_checks import at_least, check_values
+from mmunlearn.data.proximity_pipeline import read_items_jsonl
+from mmunlearn.data.unlok_format import FolderImages
 from mmunlearn.defenses.dataset_unlearning import UnlearnData
 from mmunlearn.errors import ConfigError, DataError
 from mmunlearn.models.adapters.base import VLMInput
@@ -36,8 +39,9 @@ class SafetyData:
     forget_multimodal: UnlearnData
     attack_set: SafetySet
     benign_eval: SafetySet
-    utility: dict[str, list[tuple[VLMInput, str]]]
+    utility: dict[str, list[tuple[VLMInput, tuple[str, ...]]]]  # measure -> (question, accepted answers)
     score_benign_answers: bool = True  # world benign requests have a short gold answer; real ones do not
+    utility_max_new_tokens: int = 6  # world answers are a word or two; a real model's VQA answer may be longer
 
     def training_rows(self) -> list[dict[str, Any]]:
         """What the runs train on (every forget, refusal and normal row of both modalities, and the random
@@ -111,11 +115,11 @@ def build_data(corpus: Corpus, image_size: int, n_eval: int, n_utility: int, see
     benign = world_benign_set(corpus, image_size, "heldout")
     benign_eval = benign.subset([p.id for p in _sample(list(benign), n_utility, "benign", seed)])
     utility = {
-        "image_facts": [(VLMInput(image_of(e.creature), e.prompt), e.answer)
+        "image_facts": [(VLMInput(image_of(e.creature), e.prompt), (e.answer,))
                         for e in _sample(list(corpus.image_facts("heldout", view="canon")), n_utility, "u-img", seed)],
-        "text_facts": [(VLMInput(None, e.prompt), e.answer)
+        "text_facts": [(VLMInput(None, e.prompt), (e.answer,))
                        for e in _sample(list(corpus.text_facts("heldout")), n_utility, "u-text", seed)],
-        "naming": [(VLMInput(image_of(e.creature), e.prompt), e.answer)
+        "naming": [(VLMInput(image_of(e.creature), e.prompt), (e.answer,))
                    for e in _sample(list(corpus.naming("heldout", view="canon")), n_utility, "u-name", seed)],
     }
     return SafetyData(text, mm, attack_set, benign_eval, utility)
@@ -146,12 +150,27 @@ class DataKeys:
 
 
 @dataclass(frozen=True)
+class VQASource:
+    """`safety.data.utility`: VQA items (JSONL: image, question, answers, as `unlok build` reads) whose accuracy
+    says how much general ability a run kept."""
+
+    items: str
+    images: str
+
+    def load(self, n: int, seed: int) -> list[tuple[VLMInput, tuple[str, ...]]]:
+        images = FolderImages(Path(self.images))
+        chosen = _sample(read_items_jsonl(self.items), n, "u-vqa", seed)
+        return [(VLMInput(images.load(item.image), item.question), tuple(item.answers)) for item in chosen]
+
+
+@dataclass(frozen=True)
 class RealData:
     forget: tuple[SetSource, ...]
     retain: tuple[SetSource, ...]
     attacks: SetSource
     benign: SetSource
     keys: DataKeys
+    utility: VQASource | None = None
 
 
 def _set_source(node: Any, where: str) -> SetSource:
@@ -179,8 +198,8 @@ def real_data_config(node: Any) -> RealData | None:
         return None
     if not isinstance(node, dict):
         raise ConfigError(f"config safety.data: expected null (the world) or a mapping with {', '.join(ROLES)}")
-    keys = {k: v for k, v in node.items() if k not in ROLES}
-    known = [*ROLES, *DataKeys.__dataclass_fields__]
+    keys = {k: v for k, v in node.items() if k not in (*ROLES, "utility")}
+    known = [*ROLES, "utility", *DataKeys.__dataclass_fields__]
     unknown = sorted(set(keys) - set(DataKeys.__dataclass_fields__))
     if unknown:
         raise ConfigError(f"config safety.data: unknown key(s) {unknown}; known: {', '.join(known)}")
@@ -198,7 +217,20 @@ def real_data_config(node: Any) -> RealData | None:
         lists[role] = tuple(_set_source(s, f"safety.data.{role}" + (f"[{i}]" if isinstance(node[role], list) else ""))
                             for i, s in enumerate(given))
     return RealData(lists["forget"], lists["retain"], _set_source(node["attacks"], "safety.data.attacks"),
-                    _set_source(node["benign"], "safety.data.benign"), DataKeys(**keys))
+                    _set_source(node["benign"], "safety.data.benign"), DataKeys(**keys),
+                    _vqa_source(node.get("utility")))
+
+
+def _vqa_source(node: Any) -> VQASource | None:
+    if node is None:
+        return None
+    where = "safety.data.utility"
+    if not isinstance(node, dict) or set(node) != {"items", "images"}:
+        raise ConfigError(f"config {where}: expected {{items: VQA JSONL, images: their folder}}, got {node!r}")
+    for key in ("items", "images"):
+        if not isinstance(node[key], str) or not node[key].strip():
+            raise ConfigError(f"config {where}.{key}: expected a path, got {node[key]!r}")
+    return VQASource(node["items"], node["images"])
 
 
 def _described(role: str, source: SetSource) -> str:
@@ -245,4 +277,6 @@ def build_real_data(data: RealData, n_eval: int, n_utility: int, seed: int) -> S
     [benign] = _loaded("benign", [data.benign], lambda p: not p.harmful, "benign request (harmful: false)")
     attack_set = attacks.subset([p.id for p in _sample(list(attacks), n_eval, "attack", seed)])
     benign_eval = benign.subset([p.id for p in _sample(list(benign), n_utility, "benign", seed)])
-    return SafetyData(text, mm, attack_set, benign_eval, utility={}, score_benign_answers=False)
+    utility = {} if data.utility is None else {"vqa": data.utility.load(n_utility, seed)}
+    return SafetyData(text, mm, attack_set, benign_eval, utility, score_benign_answers=False,
+                      utility_max_new_tokens=16)
