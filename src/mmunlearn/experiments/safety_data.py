@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmunlearn.config_checks import at_least, check_values
+from mmunlearn.config_checks import at_least, check_known, check_values
 from mmunlearn.data.proximity_pipeline import read_items_jsonl
 from mmunlearn.data.unlok_format import FolderImages
 from mmunlearn.defenses.dataset_unlearning import UnlearnData
@@ -176,9 +176,7 @@ class RealData:
 def _set_source(node: Any, where: str) -> SetSource:
     if not isinstance(node, dict):
         raise ConfigError(f"config {where}: expected {{loader, source, options}}, got {node!r}")
-    unknown = sorted(set(node) - {"loader", "source", "options"})
-    if unknown:
-        raise ConfigError(f"config {where}: unknown key(s) {unknown}; known: loader, source, options")
+    check_known(node, ("loader", "source", "options"), where)
     for key in ("loader", "source"):
         if not isinstance(node.get(key), str) or not node[key].strip():
             raise ConfigError(f"config {where}.{key}: expected a non-empty string, got {node.get(key)!r}")
@@ -198,11 +196,8 @@ def real_data_config(node: Any) -> RealData | None:
         return None
     if not isinstance(node, dict):
         raise ConfigError(f"config safety.data: expected null (the world) or a mapping with {', '.join(ROLES)}")
+    check_known(node, [*ROLES, "utility", *DataKeys.__dataclass_fields__], "safety.data")
     keys = {k: v for k, v in node.items() if k not in (*ROLES, "utility")}
-    known = [*ROLES, "utility", *DataKeys.__dataclass_fields__]
-    unknown = sorted(set(keys) - set(DataKeys.__dataclass_fields__))
-    if unknown:
-        raise ConfigError(f"config safety.data: unknown key(s) {unknown}; known: {', '.join(known)}")
     missing = [role for role in ROLES if node.get(role) is None]
     if missing:
         raise ConfigError(f"config safety.data.{missing[0]}: missing (real data needs {', '.join(ROLES)})")
@@ -225,8 +220,9 @@ def _vqa_source(node: Any) -> VQASource | None:
     if node is None:
         return None
     where = "safety.data.utility"
-    if not isinstance(node, dict) or set(node) != {"items", "images"}:
+    if not isinstance(node, dict) or not {"items", "images"} <= set(node):
         raise ConfigError(f"config {where}: expected {{items: VQA JSONL, images: their folder}}, got {node!r}")
+    check_known(node, ("items", "images"), where)
     for key in ("items", "images"):
         if not isinstance(node[key], str) or not node[key].strip():
             raise ConfigError(f"config {where}.{key}: expected a path, got {node[key]!r}")
@@ -252,9 +248,11 @@ def _sampled(sets: list[SafetySet], n: int, tag: str, seed: int) -> list[SafetyS
     return [s.subset([pid for j, pid in chosen if j == i]) for i, s in enumerate(sets)]
 
 
-def _safe_rows(sets: Sequence[SafetySet], with_image: bool) -> list[VLMInput]:
+def _safe_rows(sets: Sequence[SafetySet], with_image: bool, n: int, tag: str, seed: int) -> list[VLMInput]:
+    """At most `n` (seeded) requests with their safe answers, with or without an image (only those loaded)."""
+    pairs = [(s, p) for s in sets for p in s if (p.image is not None) == with_image]
     return [VLMInput(s.image(p) if with_image else None, p.request, p.safe_answer)
-            for s in sets for p in s if (p.image is not None) == with_image]
+            for s, p in _sample(pairs, n, tag, seed)]
 
 
 def build_real_data(data: RealData, n_eval: int, n_utility: int, seed: int) -> SafetyData:
@@ -264,13 +262,12 @@ def build_real_data(data: RealData, n_eval: int, n_utility: int, seed: int) -> S
     forget = _sampled(_loaded("forget", data.forget, lambda p: p.harmful and bool(p.harmful_answer),
                               "harmful request with a harmful answer"), keys.n_forget, "forget", seed)
     retain = _loaded("retain", data.retain, lambda p: bool(p.safe_answer), "request with a safe answer")
-    text_rows = _safe_rows(retain, with_image=False)
-    if not text_rows:
+    normal_text = _safe_rows(retain, False, keys.n_retain, "normal", seed)
+    if not normal_text:
         raise DataError(f"{', '.join(_described('retain', s) for s in data.retain)}: no text-only request with a "
                         f"safe answer (every run keeps those; add a text dataset such as pku_saferlhf "
                         f"responses=safe)")
-    normal_text = _sample(text_rows, keys.n_retain, "normal", seed)
-    normal_image = _sample(_safe_rows(retain, with_image=True), keys.n_retain // 2, "normal-img", seed)
+    normal_image = _safe_rows(retain, True, keys.n_retain // 2, "normal-img", seed)
     normal_mm = _sample(normal_text, keys.n_retain - len(normal_image), "normal-mm", seed) + normal_image
     text, mm = _forget_data(forget, keys.refusal, normal_text, normal_mm)
     [attacks] = _loaded("attacks", [data.attacks], lambda p: p.harmful, "harmful request")
