@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from mmunlearn.config_checks import at_least, check_known, check_values, field_hints
@@ -76,11 +77,29 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
         OmegaConf.resolve(cfg)
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"config: {_first_message(exc)}") from None
+    _include(cfg, "safety", "data")
     check_known(cfg, [*SECTIONS, *(f.name for f in dataclasses.fields(TopKeys))], "")
     check_known(cfg.paths, ("cache_dir", "output_dir"), "paths")
     check_values(TopKeys, {k: cfg.get(k) for k in ("threads", "device")}, "")
     device_named(cfg)  # a name torch knows; whether this machine has it is checked where a model runs
     return cfg
+
+
+def _include(cfg: DictConfig, section: str, key: str) -> None:
+    """`<section>.<key>=FILE.yaml` stands for the mapping in that file (relative to the working directory), put in
+    its place here: the run's manifest and config hash then hold what the file said, not its name."""
+    value = cfg[section].get(key)
+    if not isinstance(value, str):
+        return
+    path = Path(value).expanduser()
+    try:
+        node = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except (OSError, OmegaConfBaseException, yaml.YAMLError) as exc:
+        raise ConfigError(f"config {section}.{key}: cannot read {path}: {_first_message(exc)}") from None
+    if not isinstance(node, dict):
+        raise ConfigError(f"config {section}.{key}: {path} holds {type(node).__name__}, not a mapping")
+    with open_dict(cfg[section]):
+        cfg[section][key] = node
 
 
 SECTIONS = ("world", "pretrain", "model", "unlok", "safety", "paths")  # each checked by the code that reads it

@@ -8,10 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from safety_releases import mmsb_release, pku_rows, vlguard_release, write_image, write_jsonl
 
 from mmunlearn.cli import main
 from mmunlearn.config import load_config
+from mmunlearn.errors import ConfigError
 from mmunlearn.experiments.safety import load_data
 
 FAST = ["safety.n_eval=3", "safety.n_utility=4", "safety.train.steps=2", "safety.train.batch_size=4", "threads=1"]
@@ -157,3 +159,25 @@ def test_utility_items_that_cannot_be_read_fail_in_one_line_naming_the_file(tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and str(missing) in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_data_from_a_yaml_file_is_put_in_the_config(tmp_path):
+    files = releases(tmp_path / "data")
+    inline = load_config([data_override(files)])
+    path = tmp_path / "safety_data.yaml"
+    path.write_text(OmegaConf.to_yaml(inline.safety.data), encoding="utf-8")
+    cfg = load_config([f"safety.data={path}"])
+    assert cfg.safety.data == inline.safety.data  # the manifest and config hash hold what the file said
+    assert load_data(cfg).training_rows() == load_data(inline).training_rows()
+
+
+@pytest.mark.parametrize("content, message", [(None, "cannot read"), ("- forget\n", "holds list, not a mapping"),
+                                              ("forget: [\n", "cannot read")])
+def test_a_data_file_that_is_not_a_mapping_is_one_line(tmp_path, content, message):
+    path = tmp_path / "safety_data.yaml"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config([f"safety.data={path}"])
+    text = str(err.value)
+    assert text.startswith("config safety.data:") and str(path) in text and message in text and "\n" not in text
