@@ -154,6 +154,8 @@ def test_cli_refuses_a_bad_value_before_writing_anything(tmp_path, capsys):
     (_safety, "+safety.train.stpes=3", "config safety.train: unknown key(s) ['stpes']"),
     (_safety, "+safety.params.rnak=3", "config safety.params: unknown key(s) ['rnak']"),
     (load_config, "+thread=3", "config: unknown key(s) ['thread']"),
+    (load_config, "+unlok.n_fact=3", "config unlok: unknown key(s) ['n_fact']"),  # `pretrain` and `world` too
+    (load_config, "+safety.n_evals=3", "config safety: unknown key(s) ['n_evals']"),
     (load_config, "+paths.cache=/x", "config paths: unknown key(s) ['cache']"),
 ])
 def test_unknown_key_is_a_config_error_with_the_closest_known_one(check, override, message):

@@ -78,11 +78,23 @@ def load_config(overrides: list[str] | None = None) -> DictConfig:
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(f"config: {_first_message(exc)}") from None
     _include(cfg, "safety", "data")
-    check_known(cfg, [*SECTIONS, *(f.name for f in dataclasses.fields(TopKeys))], "")
-    check_known(cfg.paths, ("cache_dir", "output_dir"), "paths")
+    _check_section_keys(cfg)
     check_values(TopKeys, {k: cfg.get(k) for k in ("threads", "device")}, "")
     device_named(cfg)  # a name torch knows; whether this machine has it is checked where a model runs
     return cfg
+
+
+def _check_section_keys(cfg: DictConfig) -> None:
+    """A key no code reads is a typo, whichever command loads the config: the top level, `paths`, and the
+    track sections' own keys (their values, and the world, model and pretraining sections, are checked where
+    they are read)."""
+    from mmunlearn.experiments.safety import SafetyKeys
+    from mmunlearn.experiments.unlok import unlok_keys
+
+    check_known(cfg, [*SECTIONS, *(f.name for f in dataclasses.fields(TopKeys))], "")
+    check_known(cfg.paths, ("cache_dir", "output_dir"), "paths")
+    check_known(cfg.unlok, unlok_keys(), "unlok")
+    check_known(cfg.safety, [f.name for f in dataclasses.fields(SafetyKeys)], "safety")
 
 
 def _include(cfg: DictConfig, section: str, key: str) -> None:

@@ -71,11 +71,15 @@ class RunKeys:
     relearning: dict[str, Any] | None = None
 
 
+def unlok_keys() -> list[str]:
+    """The keys the `unlok` section may hold (`edit` is checked by `EditConfig`)."""
+    return [*(f.name for cls in (RunKeys, ProtocolConfig) for f in dataclasses.fields(cls)), "edit"]
+
+
 def check_keys(cfg: DictConfig) -> None:
     """Every key of the `unlok` section that is read as a number, a name or a list has the right kind of value."""
     node = OmegaConf.to_container(cfg.unlok, resolve=True)
-    known = [f.name for cls in (RunKeys, ProtocolConfig) for f in dataclasses.fields(cls)]
-    check_known(node, [*known, "edit"], "unlok")  # `edit` is checked by EditConfig
+    check_known(node, unlok_keys(), "unlok")
     check_values(RunKeys, node, "unlok")
     check_values(ProtocolConfig, node, "unlok")
 
