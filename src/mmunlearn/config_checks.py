@@ -15,7 +15,7 @@ import math
 import sys
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from mmunlearn.errors import ConfigError
@@ -120,12 +120,16 @@ def check_values(cls: type, values: Mapping[str, Any], where: str, component: bo
                 raise ConfigError(f"{name} must be {span}, got {value!r}")
 
 
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """"; did you mean 'x'?" for the closest known word, or "" when none is close."""
+    close = difflib.get_close_matches(str(word), list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def check_known(keys: Sequence[str] | Mapping[str, Any], known: Sequence[str], where: str) -> None:
     """A key no code reads is a typo (`+unlok.n_fact=3` would otherwise run every fact): one line naming it,
     the section's keys and the closest one."""
     unknown = sorted(set(keys) - set(known))
     if unknown:
-        close = difflib.get_close_matches(unknown[0], list(known), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"config{' ' + where if where else ''}: unknown key(s) {unknown}; known: "
-                          f"{', '.join(sorted(known))}{hint}")
+                          f"{', '.join(sorted(known))}{did_you_mean(unknown[0], known)}")

@@ -7,20 +7,13 @@ configs find it by that name. Unknown names and parameters are one-line `ConfigE
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from mmunlearn.config_checks import check_values
+from mmunlearn.config_checks import check_values, did_you_mean
 from mmunlearn.errors import ConfigError
 
 T = TypeVar("T")
-
-
-def did_you_mean(word: str, known: Iterable[str]) -> str:
-    """"; did you mean 'x'?" for the closest known word, or "" when none is close."""
-    close = difflib.get_close_matches(str(word), list(known), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def parameter_names(cls: type) -> list[str]:

@@ -25,6 +25,7 @@ from mmunlearn.defenses.editor import EditConfig, Editor
 from mmunlearn.errors import ConfigError
 from mmunlearn.experiments.safety_data import SafetyData, build_data, build_real_data, real_data_config
 from mmunlearn.experiments.safety_summary import safety_report, summarize_safety
+from mmunlearn.experiments.unlok import tuple_fields
 from mmunlearn.judges import JudgeInput, check_judge, get_judge
 from mmunlearn.judges.base import JUDGES
 from mmunlearn.metrics.accuracy import contains_answer
@@ -78,9 +79,7 @@ class SafetyKeys:
 
 def run_settings(cfg: DictConfig) -> tuple[list[str], dict[str, Any], dict[str, Any], TrainSettings, EditConfig]:
     """Runs, their definitions and the training settings, all checked before any work."""
-    node = OmegaConf.to_container(cfg.safety, resolve=True)
-    check_known(node, [f.name for f in fields(SafetyKeys)], "safety")
-    check_values(SafetyKeys, node, "safety")
+    check_values(SafetyKeys, OmegaConf.to_container(cfg.safety, resolve=True), "safety")  # key names: load_config
     runs = _node(cfg, "runs")
     defs = _node(cfg, "run_defs") or {}
     if not isinstance(runs, list) or not runs:
@@ -109,8 +108,7 @@ def run_settings(cfg: DictConfig) -> tuple[list[str], dict[str, Any], dict[str, 
     check_values(EditConfig, params, "safety.params")
     try:
         settings = TrainSettings(seed=cfg.safety.seed, **train)
-        params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-        edit = EditConfig(lr=settings.lr, steps=settings.steps, seed=settings.seed, **params)
+        edit = EditConfig(lr=settings.lr, steps=settings.steps, seed=settings.seed, **tuple_fields(params))
     except TypeError as exc:
         raise ConfigError(f"config safety.train/params: {exc}") from None
     return runs, defs, loss_params, settings, edit
@@ -200,18 +198,13 @@ def _judge_params(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     for name, given in node.items():
         if not isinstance(given, dict):
             raise ConfigError(f"config safety.judge_params.{name}: expected a mapping of parameters, got {given!r}")
-    return {name: _tuples(given) for name, given in node.items()}
+    return {name: tuple_fields(given) for name, given in node.items()}
 
 
-def _tuples(params: dict[str, Any]) -> dict[str, Any]:
-    """YAML lists as the tuples the components' fields hold."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
-
-
-def build_judges(cfg: DictConfig) -> dict[str, Any]:
-    """The configured judges, built (checkpoint-backed ones load their models here)."""
+def build_judges(cfg: DictConfig, classes: dict[str, type]) -> dict[str, Any]:
+    """The judges `suites_and_judges` checked, built (checkpoint-backed ones load their models here)."""
     judge_params = _judge_params(cfg)
-    return {name: cls(**judge_params.get(name, {})) for name, cls in suites_and_judges(cfg)[1].items()}
+    return {name: cls(**judge_params.get(name, {})) for name, cls in classes.items()}
 
 
 def load_data(cfg: DictConfig) -> SafetyData:
@@ -246,10 +239,10 @@ class SafetyRunner:
         from mmunlearn.experiments.unlok import load_model_by_name
 
         self.runs, self.defs, self.loss_params, self.settings, self.edit_config = run_settings(cfg)
-        self.suites = suites_and_judges(cfg)[0]
+        self.suites, judge_classes = suites_and_judges(cfg)
         configured_device(cfg)
         self.data = load_data(cfg)
-        self.judges = build_judges(cfg)
+        self.judges = build_judges(cfg, judge_classes)
         self.adapter = load_model_by_name(cfg, cfg.safety.model, int(cfg.safety.batch_size), log)
         self.max_new_tokens = int(cfg.safety.max_new_tokens)
         self.save_runs = set(_node(cfg, "save_runs") or [])

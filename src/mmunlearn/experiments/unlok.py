@@ -78,8 +78,7 @@ def unlok_keys() -> list[str]:
 
 def check_keys(cfg: DictConfig) -> None:
     """Every key of the `unlok` section that is read as a number, a name or a list has the right kind of value."""
-    node = OmegaConf.to_container(cfg.unlok, resolve=True)
-    check_known(node, unlok_keys(), "unlok")
+    node = OmegaConf.to_container(cfg.unlok, resolve=True)  # its key names: `load_config`
     check_values(RunKeys, node, "unlok")
     check_values(ProtocolConfig, node, "unlok")
 
@@ -102,11 +101,12 @@ def _named(cfg: DictConfig, key: str, factory: Callable[..., Any]) -> dict[str, 
         given = params.get(name) or {}
         if not isinstance(given, dict):
             raise ConfigError(f"config unlok.{key[:-1]}_params.{name}: expected a mapping, got {given!r}")
-        out[name] = factory(name, **_tuple_fields(given))
+        out[name] = factory(name, **tuple_fields(given))
     return out
 
 
-def _tuple_fields(node: dict[str, Any]) -> dict[str, Any]:
+def tuple_fields(node: dict[str, Any]) -> dict[str, Any]:
+    """YAML lists as the tuples the settings' and components' fields hold."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in node.items()}
 
 
@@ -117,7 +117,7 @@ def _dataclass_from(cls: type, node: Any, where: str) -> Any:
     check_known(node, [f.name for f in dataclasses.fields(cls) if f.init], where)
     check_values(cls, node, where)
     try:
-        return cls(**_tuple_fields(node))
+        return cls(**tuple_fields(node))
     except TypeError as exc:
         raise ConfigError(f"config {where}: {exc}") from None
 
