@@ -10,6 +10,7 @@ from vlm_fixtures import BUILDERS, make_items
 
 from mmunlearn.errors import ConfigError, MMUnlearnError
 from mmunlearn.models.adapters import VLMAdapter, VLMInput
+from mmunlearn.models.adapters.gemma3 import Gemma3Adapter
 from mmunlearn.models.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from mmunlearn.models.adapters.llava import LlavaAdapter
 from mmunlearn.models.adapters.llava_next import LlavaNextAdapter
@@ -20,7 +21,7 @@ FAMILIES = list(BUILDERS)
 EXPECTED_CLASS = {"llava_tiny": LlavaAdapter, "llava15": LlavaAdapter, "llava_next": LlavaNextAdapter,
                   "qwen2_vl": Qwen2VLAdapter, "qwen2_5_vl": Qwen25VLAdapter,
                   "idefics3": Idefics3Adapter, "smolvlm": SmolVLMAdapter,
-                  "mllama": MllamaAdapter}
+                  "mllama": MllamaAdapter, "gemma3": Gemma3Adapter}
 ITEMS = make_items()
 
 
@@ -214,7 +215,7 @@ def test_qwen_freeze_keeps_nested_merger_trainable(model_dir):
     assert not any(p.requires_grad for p in adapter.model.model.visual.blocks.parameters())
 
 
-@pytest.mark.parametrize("family", ["llava_tiny", "llava15", "llava_next", "idefics3", "mllama"])
+@pytest.mark.parametrize("family", ["llava_tiny", "llava15", "llava_next", "idefics3", "mllama", "gemma3"])
 def test_manual_path_equals_processor_path(family, adapter_for):
     """Rows built from tokenizer + PIL image processor match the processor's (what Qwen2-VL/SmolVLM rely on)."""
     full = adapter_for(family)
@@ -256,7 +257,7 @@ def test_batching_does_not_change_scores(adapter):
     assert torch.allclose(adapter.logit_lens(ITEMS), alone_lens, atol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["llava_tiny", "llava15", "llava_next", "idefics3", "mllama"])
+@pytest.mark.parametrize("family", ["llava_tiny", "llava15", "llava_next", "idefics3", "mllama", "gemma3"])
 def test_generation_prompt_equals_processor_chat_template(family, adapter_for):
     """One row of `format` is what `processor.apply_chat_template(tokenize=True)` gives for that conversation."""
     adapter = adapter_for(family)
@@ -398,3 +399,46 @@ def test_resuming_at_a_layer_equals_the_whole_forward(adapter):
         adapter.hidden_states(ITEMS, resume=stored[1:] + stored[:1])
     with pytest.raises(ConfigError, match="outside"):
         adapter.layer_inputs(ITEMS, 0)
+
+
+def test_gemma3_image_block_mask_reaches_every_forward(adapter_for):
+    """Gemma 3's soft tokens attend both ways through `token_type_ids`: the adapter's equal the processor's, they
+    change the image rows' scores, and a text-only batch carries none."""
+    adapter = adapter_for("gemma3")
+    item = ITEMS[0]
+    batch = adapter.format([item], for_generation=False)
+    text = adapter.render(item, with_answer=False)
+    expected = adapter.processor(text=[text], images=[item.image], return_tensors="pt", add_special_tokens=False)
+    prompt = batch.inputs["token_type_ids"][0, :expected["input_ids"].shape[1]]
+    assert torch.equal(prompt, expected["token_type_ids"][0].long()) and int(prompt.sum()) == 4
+    with torch.no_grad():
+        both_ways = adapter.model(**batch.model_inputs()).logits
+        inputs = {k: v for k, v in batch.model_inputs().items() if k != "token_type_ids"}
+        causal = adapter.model(**inputs).logits
+    assert not torch.allclose(both_ways, causal, atol=1e-4)
+    text_only = adapter.format([ITEMS[1]], for_generation=False)
+    assert adapter.from_layer(batch, 1).inputs["token_type_ids"].sum() == 4, "kept above the vision tower"
+    assert "token_type_ids" not in text_only.inputs
+
+
+def test_gemma3_pan_and_scan_stays_off_as_in_the_processor(adapter_for):
+    """An image processor configured for pan-and-scan: Gemma3Processor's call turns it off, and so does the
+    manual path (one view, 4 soft tokens), with the same ids and pixels."""
+    from transformers import Gemma3ImageProcessorPil, Gemma3Processor
+
+    base = adapter_for("gemma3")
+    image_processor = Gemma3ImageProcessorPil(size={"height": 16, "width": 16}, do_pan_and_scan=True,
+                                              pan_and_scan_min_crop_size=8, pan_and_scan_max_num_crops=4,
+                                              pan_and_scan_min_ratio_to_activate=1.2,
+                                              image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    item = ITEMS[2]  # 32 x 16: three views when pan-and-scan runs
+    assert image_processor(images=[item.image], return_tensors="pt")["pixel_values"].shape[0] == 3
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=base.tokenizer,
+                                chat_template=base.chat_template, image_seq_length=4)
+    full = type(base)(base.model, processor)
+    manual = type(base)(base.model, None, tokenizer=base.tokenizer, image_processor=image_processor,
+                        chat_template=base.chat_template)
+    a, b = full.encode(item, for_generation=False), manual.encode(item, for_generation=False)
+    assert a.input_ids == b.input_ids and a.answer_start == b.answer_start
+    assert torch.equal(torch.as_tensor(a.vision["pixel_values"]), torch.as_tensor(b.vision["pixel_values"]))
+    assert torch.as_tensor(b.vision["pixel_values"]).shape[0] == 1 and b.input_ids.count(base.image_token_id) == 4

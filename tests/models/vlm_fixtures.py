@@ -16,6 +16,10 @@ from PIL import Image, ImageDraw
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPVisionConfig,
+    Gemma3Config,
+    Gemma3ForConditionalGeneration,
+    Gemma3ImageProcessorPil,
+    Gemma3Processor,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
     Idefics3ImageProcessorPil,
@@ -82,6 +86,15 @@ MLLAMA_TEMPLATE = (
     "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 
+# Gemma 3's template, shortened (no system-turn folding): the image marker is <start_of_image>.
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% set role = 'model' if message['role'] == 'assistant' else "
+    "message['role'] %}<start_of_turn>{{ role }}\n{% if message['content'] is string %}{{ message['content'] | trim }}"
+    "{% else %}{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>{% elif "
+    "item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}{% endfor %}{% endif %}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
 HALF = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
 
 
@@ -106,12 +119,13 @@ def make_items() -> list[VLMInput]:
 
 
 def word_tokenizer(specials: list[str], *, bos: str | None, eos: str, pad: str, template: str,
-                   add_bos: bool, extra: dict[str, str] | None = None) -> PreTrainedTokenizerFast:
+                   add_bos: bool, extra: dict[str, str] | None = None, words: str = "") -> PreTrainedTokenizerFast:
+    """`words`: the family's chat-template words beyond WORDS (Gemma's "model" turn)."""
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     specials = list(dict.fromkeys(["<unk>", *specials]))
-    tok.train_from_iterator([WORDS], trainers.WordLevelTrainer(special_tokens=specials, min_frequency=1))
+    tok.train_from_iterator([f"{WORDS} {words}"], trainers.WordLevelTrainer(special_tokens=specials, min_frequency=1))
     if add_bos and bos:
         tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
                                                            special_tokens=[(bos, tok.token_to_id(bos))])
@@ -280,6 +294,40 @@ def build_mllama(out: Path) -> Path:
     return out
 
 
+GEMMA3_SPECIALS = ["<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
+                   "<end_of_image>", "<image_soft_token>"]
+
+
+def build_gemma3(out: Path) -> Path:
+    """Gemma 3: 2x2 pooled soft tokens per 16 px image, one sliding-window layer (window 6) and one global."""
+    tok = word_tokenizer(GEMMA3_SPECIALS, bos="<bos>", eos="<eos>", pad="<pad>", template=GEMMA3_TEMPLATE,
+                         add_bos=True, words="model",
+                         extra={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>",
+                                "image_token": "<image_soft_token>"})
+    ids = tok.convert_tokens_to_ids
+    image_processor = Gemma3ImageProcessorPil(size={"height": 16, "width": 16}, **HALF)
+    processor = Gemma3Processor(image_processor=image_processor, tokenizer=tok, chat_template=GEMMA3_TEMPLATE,
+                                image_seq_length=4)
+    text = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16, "sliding_window": 6,
+            "layer_types": ["sliding_attention", "full_attention"], "max_position_embeddings": 512,
+            "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 16, "patch_size": 4, "vision_use_head": False}
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                          boi_token_index=ids("<start_of_image>"), eoi_token_index=ids("<end_of_image>"),
+                          image_token_index=ids("<image_soft_token>"), tie_word_embeddings=False)
+    _save_random_model(Gemma3ForConditionalGeneration, config, tok, out, seed=8)
+    # Gemma's projector weight starts at zero: random values, so the image reaches the text.
+    model = Gemma3ForConditionalGeneration.from_pretrained(out)
+    torch.manual_seed(9)
+    with torch.no_grad():
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.5)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
 BUILDERS = {
     "llava_tiny": build_llava_tiny,
     "llava15": build_llava15,
@@ -289,4 +337,5 @@ BUILDERS = {
     "idefics3": build_idefics3,
     "smolvlm": build_smolvlm,
     "mllama": build_mllama,
+    "gemma3": build_gemma3,
 }

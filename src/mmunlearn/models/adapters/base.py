@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 IGNORE_INDEX = -100
 
+# Inputs laid out like the token ids ([batch, seq]): sliced with them (a prompt's prefix for a shared KV cache).
+_TOKEN_ALIGNED = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
+
 # Keys a processor returns that belong to the text side; everything else is a vision tensor of the row.
 _TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids",
                         "text_replacement_offsets", "offset_mapping"})
@@ -367,6 +370,11 @@ class VLMAdapter(abc.ABC):
                 for key in image_rows[0].vision}
 
     def _extra_inputs(self, input_ids: torch.Tensor, rows: list[EncodedRow]) -> dict[str, torch.Tensor]:
+        return self._inputs_from_ids(input_ids)
+
+    def _inputs_from_ids(self, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Model inputs the family derives from the padded token ids alone (Gemma 3's image-block mask). They
+        travel with the text part of a batch, so a forward resumed above the vision tower still gets them."""
         return {}
 
     @abc.abstractmethod
@@ -640,7 +648,8 @@ class VLMAdapter(abc.ABC):
                         batch = self.format([items[i] for i in group], for_generation=True)
                     else:
                         text = resume.store.text_batch(mine)
-                        batch = VLMBatch(self._to_device(text.inputs), text.answer_spans, text.has_image)
+                        inputs = {**text.inputs, **self._inputs_from_ids(text.inputs["input_ids"])}
+                        batch = VLMBatch(self._to_device(inputs), text.answer_spans, text.has_image)
                     states = self._states_above_mlp_down(batch, resume.store, mine)
                 elif resume is None:
                     batch = self.format([items[i] for i in group], for_generation=True)
@@ -649,8 +658,7 @@ class VLMAdapter(abc.ABC):
                     batch = self.format([items[i] for i in group], for_generation=True)
                     mine = [resume[i] for i in group]
                     if not self.resume_keeps_vision:
-                        text = {k: batch.inputs[k] for k in ("input_ids", "attention_mask")}
-                        batch = VLMBatch(text, batch.answer_spans, batch.has_image)
+                        batch = VLMBatch(self._text_part(batch.inputs), batch.answer_spans, batch.has_image)
                     with self._resumed(batch, mine):
                         states = self._last_prompt_states(batch)
                     # Entries below the layer: the stored ones (the skipped layers only passed their input on).
@@ -720,10 +728,20 @@ class VLMAdapter(abc.ABC):
                 lower = torch.stack(states[:layer + 1], dim=1).float().cpu()
                 yield group, batch, lower, [int(n) for n in batch.inputs["attention_mask"].sum(-1).tolist()]
 
+    def _text_part(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A batch's inputs without its vision tensors: what a forward resumed above the vision tower reads."""
+        return {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "labels")} | \
+            self._inputs_from_ids(inputs["input_ids"])
+
     def _residual_before_mlp(self, layer: int) -> nn.Module | None:
         """The module whose input is decoder `layer`'s residual after attention, where the MLP's output is
         added (Llama-style layers: `post_attention_layernorm`); None where the layer is built otherwise."""
         return dict(self.model.named_modules()).get(f"{self.module_names().layers[layer]}.post_attention_layernorm")
+
+    def _mlp_output(self, layer: int, down_output: torch.Tensor) -> torch.Tensor:
+        """What decoder `layer` adds to its residual from its down-projection's output: the output itself in
+        Llama-style layers; families that norm the MLP's output first (Gemma 3) apply that norm here."""
+        return down_output
 
     def resumes_after_mlp_down(self, layer: int) -> bool:
         """Whether `mlp_down_inputs` and resuming above them serve decoder `layer` (a layer below the last)."""
@@ -780,7 +798,7 @@ class VLMAdapter(abc.ABC):
         down = self.model.get_submodule(self.module_names().mlp_down[store.layer])
         device = next(down.parameters()).device
         layer_input = store.residual[index, stored_width - width:].to(device) + \
-            down(store.down_input[index, stored_width - width:].to(device))
+            self._mlp_output(store.layer, down(store.down_input[index, stored_width - width:].to(device)))
         with self._replaying(store.layer + 1, layer_input):
             states = self._last_prompt_states(batch)
         # Entries 0..layer: the stored ones (the skipped layers only passed their input on).
@@ -886,8 +904,7 @@ class VLMAdapter(abc.ABC):
             pass
         finally:
             handle.remove()
-        inputs = batch.inputs if self.resume_keeps_vision else \
-            {k: v for k, v in batch.inputs.items() if k in ("input_ids", "attention_mask", "labels")}
+        inputs = batch.inputs if self.resume_keeps_vision else self._text_part(batch.inputs)
         return VLMBatch(inputs, batch.answer_spans, batch.has_image, layer, captured[0])
 
     def forward_batch(self, batch: VLMBatch, with_labels: bool = False, **kwargs: Any) -> Any:
@@ -1053,7 +1070,7 @@ class VLMAdapter(abc.ABC):
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         # Positions exactly as `generate` derives them from the mask, so the cached keys match its own.
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        prefix = {k: (v[:, :-1] if k in ("input_ids", "attention_mask") else v) for k, v in inputs.items()}
+        prefix = {k: (v[:, :-1] if k in _TOKEN_ALIGNED else v) for k, v in inputs.items()}
         with self.reading_last():  # only the cache is kept
             out = self.model(**prefix, position_ids=positions[:, :-1], use_cache=True, **self._forward_kwargs())
         cache = out[CACHE]
