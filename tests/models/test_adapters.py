@@ -16,10 +16,11 @@ from mmunlearn.models.adapters.llava import LlavaAdapter
 from mmunlearn.models.adapters.llava_next import LlavaNextAdapter
 from mmunlearn.models.adapters.mllama import MllamaAdapter
 from mmunlearn.models.adapters.qwen2_vl import Qwen2VLAdapter, Qwen25VLAdapter
+from mmunlearn.models.adapters.qwen3_vl import Qwen3VLAdapter
 
 FAMILIES = list(BUILDERS)
 EXPECTED_CLASS = {"llava_tiny": LlavaAdapter, "llava15": LlavaAdapter, "llava_next": LlavaNextAdapter,
-                  "qwen2_vl": Qwen2VLAdapter, "qwen2_5_vl": Qwen25VLAdapter,
+                  "qwen2_vl": Qwen2VLAdapter, "qwen2_5_vl": Qwen25VLAdapter, "qwen3_vl": Qwen3VLAdapter,
                   "idefics3": Idefics3Adapter, "smolvlm": SmolVLMAdapter,
                   "mllama": MllamaAdapter, "gemma3": Gemma3Adapter}
 ITEMS = make_items()
@@ -41,8 +42,8 @@ def adapter(request, adapter_for) -> VLMAdapter:
 def test_loads_the_family_adapter(family, adapter_for):
     adapter = adapter_for(family)
     assert type(adapter) is EXPECTED_CLASS[family]
-    # Qwen2-VL and SmolVLM processors need torchvision: those two run the manual (PIL + tokenizer) path.
-    assert (adapter.processor is None) == (family in ("qwen2_vl", "qwen2_5_vl", "smolvlm"))
+    # Qwen2-VL, Qwen3-VL and SmolVLM processors need torchvision: those run the manual (PIL + tokenizer) path.
+    assert (adapter.processor is None) == (family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm"))
 
 
 def test_format_round_trip(adapter):
@@ -296,6 +297,58 @@ def test_qwen_manual_path_equals_qwen2vl_processor(family, adapter_for):
     expected = processor(text=[text], images=[image_item.image], return_tensors="pt")
     batch = manual.format([image_item], for_generation=True)
     assert torch.equal(batch.inputs["mm_token_type_ids"], expected["mm_token_type_ids"].long())
+
+
+def test_qwen3_manual_path_equals_qwen3vl_processor(adapter_for):
+    """Qwen3-VL's manual rows equal Qwen3VLProcessor's (built without the video processor torchvision needs)."""
+    from transformers import Qwen3VLProcessor
+
+    manual = adapter_for("qwen3_vl")
+    tok = manual.tokenizer
+    processor = object.__new__(Qwen3VLProcessor)
+    processor.tokenizer, processor.image_processor = tok, manual.image_processor
+    processor.chat_template = manual.chat_template
+    for name in ("image", "video"):
+        setattr(processor, f"{name}_token", f"<|{name}_pad|>")
+        setattr(processor, f"{name}_token_id", tok.convert_tokens_to_ids(f"<|{name}_pad|>"))
+    for name in ("start", "end"):
+        setattr(processor, f"vision_{name}_token", f"<|vision_{name}|>")
+        setattr(processor, f"vision_{name}_token_id", tok.convert_tokens_to_ids(f"<|vision_{name}|>"))
+    real = Qwen3VLAdapter(manual.model, processor)
+    for item in ITEMS:
+        a, b = manual.encode(item, for_generation=False), real.encode(item, for_generation=False)
+        assert a.input_ids == b.input_ids and a.answer_start == b.answer_start
+        assert sorted(a.vision) == sorted(b.vision)
+        assert all(torch.equal(a.vision[k], b.vision[k]) for k in a.vision)
+    for item in ITEMS[:3]:
+        content = ([{"type": "image", "image": item.image}] if item.image is not None else [])
+        content.append({"type": "text", "text": item.question})
+        expected = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                                 tokenize=True, return_dict=True, return_tensors="pt")
+        batch = manual.format([item], for_generation=True)
+        assert batch.inputs["input_ids"].tolist() == expected["input_ids"].tolist()
+        assert torch.equal(batch.inputs["mm_token_type_ids"], expected["mm_token_type_ids"].long())
+        if item.image is not None:
+            assert torch.equal(batch.inputs["pixel_values"], expected["pixel_values"])
+            assert torch.equal(batch.inputs["image_grid_thw"], expected["image_grid_thw"])
+
+
+def test_qwen3_deepstack_mergers_count_as_projector(adapter_for):
+    """DeepStack mergers map vision features to the decoder once per image token, like the merger: projector."""
+    adapter = adapter_for("qwen3_vl")
+    visual = adapter.model.model.visual
+    deepstack = {id(p) for p in visual.deepstack_merger_list.parameters()}
+    assert deepstack and deepstack <= {id(p) for p in adapter._params(adapter.projector_path)}
+    assert not deepstack & {id(p) for p in adapter._params(adapter.vision_tower_path, exclude=adapter.projector_path)}
+    saved = {n: p.requires_grad for n, p in visual.named_parameters()}
+    try:
+        adapter.freeze_vision()
+        assert all(p.requires_grad for p in visual.deepstack_merger_list.parameters())
+        assert all(p.requires_grad for p in visual.merger.parameters())
+        assert not any(p.requires_grad for p in visual.blocks.parameters())
+    finally:
+        for n, p in visual.named_parameters():
+            p.requires_grad_(saved[n])
 
 
 def test_a_training_batch_run_from_a_layer_equals_the_whole_forward(adapter):

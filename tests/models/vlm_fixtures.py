@@ -3,7 +3,7 @@
 Each builder trains a word-level tokenizer with `tokenizers` (the family's special tokens included), uses the
 family's real PIL image processor class, and writes model + tokenizer + image processor (+ processor where
 it can be built without torchvision) with `save_pretrained`, so `load_adapter` reads them as it reads a hub
-model. Sizes: hidden 16-32, 1-2 layers, 16-32 px images.
+model. Sizes: hidden 16-32, 1-3 layers, 16-32 px images.
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ from transformers import (
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
     SmolVLMConfig,
     SmolVLMForConditionalGeneration,
     SmolVLMImageProcessorPil,
@@ -68,6 +70,16 @@ QWEN2VL_TEMPLATE = (
     "{% for content in message['content'] %}{% if content['type'] == 'image' %}<|vision_start|><|image_pad|>"
     "<|vision_end|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Qwen3-VL-Instruct's ChatML template: unlike Qwen2-VL's, no default system turn.
+QWEN3VL_TEMPLATE = (
+    "{% if messages[0]['role'] == 'system' %}<|im_start|>system\n{{ messages[0]['content'] }}<|im_end|>\n{% endif %}"
+    "{% for message in messages %}{% if message['role'] != 'system' %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% elif 'text' in content %}"
+    "{{ content['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 # HuggingFaceM4/Idefics3-8B-Llama3's template (BOS written by the template itself).
@@ -199,9 +211,10 @@ QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|
                  "<|image_pad|>", "<|video_pad|>"]
 
 
-def _build_qwen(out: Path, config_cls, model_cls, vision: dict, seed: int) -> Path:
+def _build_qwen(out: Path, config_cls, model_cls, vision: dict, seed: int, template: str = QWEN2VL_TEMPLATE,
+                text_overrides: dict | None = None) -> Path:
     """Qwen2-VL-style model without its processor (needs torchvision): tokenizer + Qwen2VLImageProcessorPil."""
-    tok = word_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", template=QWEN2VL_TEMPLATE,
+    tok = word_tokenizer(QWEN_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>", template=template,
                          add_bos=False)
     image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 64, "longest_edge": 256}, patch_size=4,
                                                temporal_patch_size=2, merge_size=2, **HALF)
@@ -209,7 +222,8 @@ def _build_qwen(out: Path, config_cls, model_cls, vision: dict, seed: int) -> Pa
     text = {"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
             "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512,
             "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            "bos_token_id": None, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+            "bos_token_id": None, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+            **(text_overrides or {})}
     config = config_cls(text_config=text, vision_config=vision, image_token_id=ids("<|image_pad|>"),
                         video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"),
                         vision_end_token_id=ids("<|vision_end|>"), tie_word_embeddings=False)
@@ -231,6 +245,20 @@ def build_qwen2_5_vl(out: Path) -> Path:
               "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3, "window_size": 16,
               "out_hidden_size": 32, "fullatt_block_indexes": [1]}
     return _build_qwen(out, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, vision, seed=7)
+
+
+def build_qwen3_vl(out: Path) -> Path:
+    """Qwen3-VL: DeepStack adds the outputs of vision blocks 0 and 1 to the residual after decoder layers 0 and 1
+    (3 layers, so resuming at layer 1 and above either MLP crosses an addition); interleaved M-RoPE with
+    head_dim 16 = 2 * (4 + 2 + 2) as the real model's 128 = 2 * (24 + 20 + 20)."""
+    vision = {"depth": 2, "hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "patch_size": 4,
+              "spatial_merge_size": 2, "temporal_patch_size": 2, "in_channels": 3, "out_hidden_size": 32,
+              "num_position_embeddings": 16, "deepstack_visual_indexes": [0, 1]}
+    text = {"num_hidden_layers": 3, "head_dim": 16,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [4, 2, 2],
+                                "mrope_interleaved": True}}
+    return _build_qwen(out, Qwen3VLConfig, Qwen3VLForConditionalGeneration, vision, seed=8,
+                       template=QWEN3VL_TEMPLATE, text_overrides=text)
 
 
 IDEFICS_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<pad>", "<fake_token_around_image>", "<image>",
@@ -334,6 +362,7 @@ BUILDERS = {
     "llava_next": build_llava_next,
     "qwen2_vl": build_qwen2_vl,
     "qwen2_5_vl": build_qwen2_5_vl,
+    "qwen3_vl": build_qwen3_vl,
     "idefics3": build_idefics3,
     "smolvlm": build_smolvlm,
     "mllama": build_mllama,
