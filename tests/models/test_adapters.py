@@ -14,6 +14,7 @@ from mmunlearn.models.adapters.gemma3 import Gemma3Adapter
 from mmunlearn.models.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from mmunlearn.models.adapters.llava import LlavaAdapter
 from mmunlearn.models.adapters.llava_next import LlavaNextAdapter
+from mmunlearn.models.adapters.llava_onevision import LlavaOnevisionAdapter
 from mmunlearn.models.adapters.mllama import MllamaAdapter
 from mmunlearn.models.adapters.qwen2_vl import Qwen2VLAdapter, Qwen25VLAdapter
 from mmunlearn.models.adapters.qwen3_vl import Qwen3VLAdapter
@@ -22,7 +23,8 @@ FAMILIES = list(BUILDERS)
 EXPECTED_CLASS = {"llava_tiny": LlavaAdapter, "llava15": LlavaAdapter, "llava_next": LlavaNextAdapter,
                   "qwen2_vl": Qwen2VLAdapter, "qwen2_5_vl": Qwen25VLAdapter, "qwen3_vl": Qwen3VLAdapter,
                   "idefics3": Idefics3Adapter, "smolvlm": SmolVLMAdapter,
-                  "mllama": MllamaAdapter, "gemma3": Gemma3Adapter}
+                  "mllama": MllamaAdapter, "gemma3": Gemma3Adapter,
+                  "llava_onevision": LlavaOnevisionAdapter}
 ITEMS = make_items()
 
 
@@ -42,8 +44,10 @@ def adapter(request, adapter_for) -> VLMAdapter:
 def test_loads_the_family_adapter(family, adapter_for):
     adapter = adapter_for(family)
     assert type(adapter) is EXPECTED_CLASS[family]
-    # Qwen2-VL, Qwen3-VL and SmolVLM processors need torchvision: those run the manual (PIL + tokenizer) path.
-    assert (adapter.processor is None) == (family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm"))
+    # Qwen2-VL, Qwen3-VL, SmolVLM and LLaVA-OneVision processors need torchvision: those run the manual
+    # (PIL + tokenizer) path.
+    assert (adapter.processor is None) == (family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm",
+                                                      "llava_onevision"))
 
 
 def test_format_round_trip(adapter):
@@ -495,3 +499,77 @@ def test_gemma3_pan_and_scan_stays_off_as_in_the_processor(adapter_for):
     assert a.input_ids == b.input_ids and a.answer_start == b.answer_start
     assert torch.equal(torch.as_tensor(a.vision["pixel_values"]), torch.as_tensor(b.vision["pixel_values"]))
     assert torch.as_tensor(b.vision["pixel_values"]).shape[0] == 1 and b.input_ids.count(base.image_token_id) == 4
+
+
+def _onevision_processor(adapter: VLMAdapter):
+    """LlavaOnevisionProcessor over the adapter's tokenizer and image processor, built without the video processor
+    (needing torchvision) that keeps its constructor from running here."""
+    from transformers import LlavaOnevisionProcessor
+
+    config = adapter.model.config
+    processor = object.__new__(LlavaOnevisionProcessor)
+    processor.tokenizer, processor.image_processor = adapter.tokenizer, adapter.image_processor
+    processor.chat_template = adapter.chat_template
+    processor.image_token, processor.video_token = "<image>", "<video>"
+    processor.image_token_id = adapter.tokenizer.convert_tokens_to_ids("<image>")
+    processor.video_token_id = adapter.tokenizer.convert_tokens_to_ids("<video>")
+    processor.num_image_tokens = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
+    processor.vision_feature_select_strategy = config.vision_feature_select_strategy
+    processor.vision_aspect_ratio = config.vision_aspect_ratio
+    return processor
+
+
+def test_onevision_manual_path_equals_llava_onevision_processor(adapter_for):
+    """The manual rows, and a generation prompt, equal LlavaOnevisionProcessor's; the answer turn's header
+    (`assistant \\n`) is not the generation prompt's (`assistant\\n`), and the answer follows either."""
+    manual = adapter_for("llava_onevision")
+    processor = _onevision_processor(manual)
+    real = type(manual)(manual.model, processor)
+    for item in ITEMS:
+        a, b = manual.encode(item, for_generation=False), real.encode(item, for_generation=False)
+        assert a.input_ids == b.input_ids and a.answer_start == b.answer_start
+        assert sorted(a.vision) == sorted(b.vision)
+        assert all(torch.equal(torch.as_tensor(a.vision[k]), torch.as_tensor(b.vision[k])) for k in a.vision)
+        assert not manual.render(item, with_answer=True).startswith(manual.render(item, with_answer=False))
+        end = manual.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        assert a.input_ids[a.answer_start:] == manual.tokenizer(item.answer)["input_ids"] + [end]
+    for item in ITEMS[:2]:
+        content = ([{"type": "image", "image": item.image}] if item.image is not None else [])
+        content.append({"type": "text", "text": item.question})
+        expected = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                                 tokenize=True, return_dict=True, return_tensors="pt")
+        batch = manual.format([item], for_generation=True)
+        assert batch.inputs["input_ids"].tolist() == expected["input_ids"].tolist()
+        if item.image is not None:
+            assert torch.equal(batch.inputs["pixel_values"], expected["pixel_values"])
+    with pytest.raises(MMUnlearnError, match="does not extend"):
+        manual._answer_tail("<|im_start|>assistant\n", "<|im_start|>user\nred<|im_end|>")
+
+
+def test_onevision_placeholders_match_processor_and_model_features(adapter_for):
+    """Image tokens per image size: the processor's count and the model's packed features (one tile or many,
+    unpadded, shrunk by anyres_max_9 or not); a mixed batch of all of them runs."""
+    from vlm_fixtures import picture
+
+    adapter = adapter_for("llava_onevision")
+    real = type(adapter)(adapter.model, _onevision_processor(adapter))
+    # (width, height) -> tokens; 8x8: base + one tile of 2 x 2 + 2 newlines; 32x32: 8 x 8 shrunk to 6 x 6.
+    known = {(8, 8): 10, (16, 16): 24, (32, 16): 40, (32, 32): 46}
+    items = [VLMInput(picture(10 + k, size), "what is this creature ?", "zorp")
+             for k, size in enumerate([*known, (6, 10), (12, 40), (64, 48), (100, 30), (40, 12)])]
+    for item in items:
+        row = adapter.encode(item, for_generation=True)
+        n = sum(t == adapter.image_token_id for t in row.input_ids)
+        assert row.input_ids == real.encode(item, for_generation=True).input_ids
+        assert n == known.get(item.image.size, n)
+        vision = adapter._collate_vision([row], [0])
+        with torch.no_grad():
+            features = adapter.model.model.get_image_features(**vision).pooler_output
+        assert sum(f.shape[0] for f in features) == n
+    scores = adapter.answer_logprobs(items)
+    adapter.batch_size, saved = 1, adapter.batch_size
+    try:
+        alone = adapter.answer_logprobs(items)
+    finally:
+        adapter.batch_size = saved
+    assert [s.total for s in scores] == pytest.approx([s.total for s in alone], abs=1e-4)

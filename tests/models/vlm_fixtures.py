@@ -29,6 +29,9 @@ from transformers import (
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessorPil,
     LlavaNextProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionImageProcessorPil,
     MllamaConfig,
     MllamaForConditionalGeneration,
     MllamaImageProcessorPil,
@@ -41,6 +44,7 @@ from transformers import (
     Qwen2VLImageProcessorPil,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
+    SiglipVisionConfig,
     SmolVLMConfig,
     SmolVLMForConditionalGeneration,
     SmolVLMImageProcessorPil,
@@ -105,6 +109,17 @@ GEMMA3_TEMPLATE = (
     "{% else %}{% for item in message['content'] %}{% if item['type'] == 'image' %}<start_of_image>{% elif "
     "item['type'] == 'text' %}{{ item['text'] | trim }}{% endif %}{% endfor %}{% endif %}<end_of_turn>\n{% endfor %}"
     "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+# llava-hf/llava-onevision-qwen2-*-hf's template without its video part: the answer turn's header is
+# "<|im_start|>assistant \n", the generation prompt "<|im_start|>assistant\n".
+ONEVISION_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + ' '}}{% for content in message['content'] | "
+    "selectattr('type', 'equalto', 'image') %}{{ '<image>' }}{% endfor %}{% if message['role'] != 'assistant' %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ '\\n' + content['text'] }}"
+    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ '\\n' + content['text'] }}{% endgeneration %}{% endfor %}{% endif %}{{'<|im_end|>'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
 HALF = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
@@ -261,6 +276,40 @@ def build_qwen3_vl(out: Path) -> Path:
                        template=QWEN3VL_TEMPLATE, text_overrides=text)
 
 
+# 8 px crops of 2 x 2 SigLIP patches: of the test images, 16x16 fills 2 x 2 tiles; 32x16 is padded into the
+# 32x32 grid and unpadded back to 4 x 8 features; 32x32 fills 4 x 4 tiles, 8 x 8 features, more than
+# anyres_max_9 allows (9 crops' worth, 36), so the model shrinks them to 6 x 6.
+ONEVISION_PINPOINTS = [[8, 8], [8, 16], [16, 8], [16, 16], [32, 32]]
+
+
+def _onevision_parts() -> tuple[PreTrainedTokenizerFast, LlavaOnevisionImageProcessorPil, LlavaOnevisionConfig]:
+    tok = word_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"], bos=None,
+                         eos="<|im_end|>", pad="<|endoftext|>", template=ONEVISION_TEMPLATE, add_bos=False)
+    image_processor = LlavaOnevisionImageProcessorPil(size={"height": 8, "width": 8},
+                                                      image_grid_pinpoints=ONEVISION_PINPOINTS, **HALF)
+    vision = SiglipVisionConfig(image_size=8, patch_size=4, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                num_attention_heads=2, vision_use_head=False)
+    text = {"model_type": "qwen2", "vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 2, "max_position_embeddings": 512,
+            "bos_token_id": None, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+            "tie_word_embeddings": False}
+    ids = tok.convert_tokens_to_ids
+    config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_index=ids("<image>"),
+                                  video_token_index=ids("<video>"), image_grid_pinpoints=ONEVISION_PINPOINTS,
+                                  vision_feature_select_strategy="full", vision_feature_layer=-1,
+                                  vision_aspect_ratio="anyres_max_9", tie_word_embeddings=False)
+    return tok, image_processor, config
+
+
+def build_llava_onevision(out: Path) -> Path:
+    """LLaVA-OneVision without its processor (needs torchvision): tokenizer + LlavaOnevisionImageProcessorPil."""
+    tok, image_processor, config = _onevision_parts()
+    _save_random_model(LlavaOnevisionForConditionalGeneration, config, tok, out, seed=8)
+    tok.save_pretrained(out)
+    image_processor.save_pretrained(out)
+    return out
+
+
 IDEFICS_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<pad>", "<fake_token_around_image>", "<image>",
                     "<end_of_utterance>", "<global-img>"] + \
     [f"<row_{i}_col_{j}>" for i in range(1, 7) for j in range(1, 7)]
@@ -367,4 +416,5 @@ BUILDERS = {
     "smolvlm": build_smolvlm,
     "mllama": build_mllama,
     "gemma3": build_gemma3,
+    "llava_onevision": build_llava_onevision,
 }
