@@ -3,7 +3,7 @@
 Importing this package registers every family module; `load_adapter(path_or_id)` is the entry point.
 """
 
-from mmunlearn.models.adapters import idefics3, llava, llava_next, mllama, qwen2_vl  # noqa: F401  (registers)
+from mmunlearn.models.adapters import idefics3, internvl, llava, llava_next, mllama, qwen2_vl  # noqa: F401  (registers)
 from mmunlearn.models.adapters.base import (
     AnswerScore,
     FlopCount,
