@@ -12,6 +12,7 @@ from mmunlearn.errors import ConfigError, MMUnlearnError
 from mmunlearn.models.adapters import VLMAdapter, VLMInput
 from mmunlearn.models.adapters.gemma3 import Gemma3Adapter
 from mmunlearn.models.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
+from mmunlearn.models.adapters.internvl import InternVLAdapter
 from mmunlearn.models.adapters.llava import LlavaAdapter
 from mmunlearn.models.adapters.llava_next import LlavaNextAdapter
 from mmunlearn.models.adapters.llava_onevision import LlavaOnevisionAdapter
@@ -24,7 +25,7 @@ EXPECTED_CLASS = {"llava_tiny": LlavaAdapter, "llava15": LlavaAdapter, "llava_ne
                   "qwen2_vl": Qwen2VLAdapter, "qwen2_5_vl": Qwen25VLAdapter, "qwen3_vl": Qwen3VLAdapter,
                   "idefics3": Idefics3Adapter, "smolvlm": SmolVLMAdapter,
                   "mllama": MllamaAdapter, "gemma3": Gemma3Adapter,
-                  "llava_onevision": LlavaOnevisionAdapter}
+                  "llava_onevision": LlavaOnevisionAdapter, "internvl": InternVLAdapter}
 ITEMS = make_items()
 
 
@@ -44,10 +45,10 @@ def adapter(request, adapter_for) -> VLMAdapter:
 def test_loads_the_family_adapter(family, adapter_for):
     adapter = adapter_for(family)
     assert type(adapter) is EXPECTED_CLASS[family]
-    # Qwen2-VL, Qwen3-VL, SmolVLM and LLaVA-OneVision processors need torchvision: those run the manual
-    # (PIL + tokenizer) path.
+    # Qwen2-VL, Qwen3-VL, SmolVLM, LLaVA-OneVision and InternVL processors need torchvision: those run the
+    # manual (PIL + tokenizer) path.
     assert (adapter.processor is None) == (family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm",
-                                                      "llava_onevision"))
+                                                      "llava_onevision", "internvl"))
 
 
 def test_format_round_trip(adapter):
@@ -353,6 +354,68 @@ def test_qwen3_deepstack_mergers_count_as_projector(adapter_for):
     finally:
         for n, p in visual.named_parameters():
             p.requires_grad_(saved[n])
+
+
+def _internvl_processor(adapter: VLMAdapter):
+    """InternVLProcessor around the adapter's tokenizer and image processor, without the video processor
+    (torchvision), set up as its __init__ does."""
+    from transformers import InternVLProcessor
+
+    tok = adapter.tokenizer
+    processor = object.__new__(InternVLProcessor)
+    processor.tokenizer, processor.image_processor = tok, adapter.image_processor
+    processor.chat_template = adapter.chat_template
+    processor.image_seq_length = adapter.model.config.image_seq_length
+    processor.start_image_token, processor.end_image_token = tok.start_image_token, tok.end_image_token
+    processor.start_image_token_id, processor.end_image_token_id = tok.start_image_token_id, tok.end_image_token_id
+    processor.image_token, processor.image_token_id = tok.context_image_token, tok.context_image_token_id
+    processor.video_token = tok.video_token
+    processor.multimodal_pattern = re.compile(f"(?P<image>{re.escape(processor.image_token)})|"
+                                              f"(?P<video>{re.escape(processor.video_token)})")
+    return processor
+
+
+def test_internvl_manual_path_equals_internvl_processor(adapter_for):
+    """The manual rows (GotOcr2ImageProcessorPil tiles + placeholder) equal InternVLProcessor's, and a mixed
+    batch carries the tiles of its image rows in row order, as the processor lays out a batch."""
+    manual = adapter_for("internvl")
+    processor = _internvl_processor(manual)
+    real = type(manual)(manual.model, processor)
+    assert real.image_token == manual.image_token == "<IMG_CONTEXT>"
+    for item in ITEMS:
+        a, b = manual.encode(item, for_generation=False), real.encode(item, for_generation=False)
+        assert a.input_ids == b.input_ids and a.answer_start == b.answer_start
+        assert sorted(a.vision) == sorted(b.vision) == ([] if item.image is None else ["pixel_values"])
+        assert all(torch.equal(a.vision[k], b.vision[k]) for k in a.vision)
+    tiles = [manual.encode(it, for_generation=True).vision["pixel_values"].shape[0] for it in ITEMS if it.image]
+    assert tiles == [5, 3, 1], "a square image: 2x2 tiles + thumbnail; 2:1 -> 2x1 + thumbnail; one tile alone"
+    texts = [real.render(it, with_answer=False) for it in ITEMS]
+    expected = processor(text=texts, images=[it.image for it in ITEMS if it.image is not None], padding=True,
+                         return_tensors="pt")
+    batch = manual.format(ITEMS, for_generation=True)
+    assert torch.equal(batch.inputs["input_ids"], expected["input_ids"])
+    assert torch.equal(batch.inputs["attention_mask"], expected["attention_mask"])
+    assert torch.equal(batch.inputs["pixel_values"], expected["pixel_values"])
+
+
+def test_internvl_shared_prompt_prefill_gives_the_samples_of_separate_rows(adapter_for):
+    """Several samples of one image prompt from one prefill (decoding loop and `generate` alike) equal those of
+    separate rows."""
+    adapter = adapter_for("internvl")
+    seeds = [[1, 2, 3], [4], [5, 6]]
+    items = ITEMS[:3]
+    assert adapter.shares_prompt_prefill and adapter.drops_finished_rows
+    shared = adapter.sample(items, seeds, max_new_tokens=4, temperature=1.5)
+    try:
+        adapter.drops_finished_rows = False
+        through_generate = adapter.sample(items, seeds, max_new_tokens=4, temperature=1.5)
+        adapter.shares_prompt_prefill = False
+        separate = adapter.sample(items, seeds, max_new_tokens=4, temperature=1.5)
+    finally:
+        for flag in ("drops_finished_rows", "shares_prompt_prefill"):
+            vars(adapter).pop(flag, None)  # back to the class's flags
+    assert [len(t) for t in shared] == [3, 1, 2]
+    assert shared == through_generate == separate
 
 
 def test_a_training_batch_run_from_a_layer_equals_the_whole_forward(adapter):

@@ -8,6 +8,7 @@ model. Sizes: hidden 16-32, 1-3 layers, 16-32 px images.
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -20,10 +21,13 @@ from transformers import (
     Gemma3ForConditionalGeneration,
     Gemma3ImageProcessorPil,
     Gemma3Processor,
+    GotOcr2ImageProcessorPil,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
     Idefics3ImageProcessorPil,
     Idefics3Processor,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
     LlamaConfig,
     LlavaNextConfig,
     LlavaNextForConditionalGeneration,
@@ -92,6 +96,15 @@ IDEFICS3_TEMPLATE = (
     "['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if "
     "line['type'] == 'text' %}{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}"
     "{% endfor %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+# OpenGVLab/InternVL3-*-hf's ChatML template (no default system turn; the image is `<IMG_CONTEXT>` + newline).
+INTERNVL_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n'}}{% if message['content'] is string %}"
+    "{{ message['content'] }}{% else %}{% for content in message['content'] %}{% if content['type'] == 'image' %}"
+    "{{ '<IMG_CONTEXT>\\n' }}{% elif content['type'] == 'video' %}{{ '<video>\\n' }}{% elif content['type'] == "
+    "'text' %}{{ content['text'] }}{% endif %}{% endfor %}{% endif %}{{'<|im_end|>\\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{'<|im_start|>assistant\\n' }}{% endif %}"
 )
 
 # Llama-3.2-Vision-Instruct style.
@@ -405,6 +418,41 @@ def build_gemma3(out: Path) -> Path:
     return out
 
 
+INTERNVL_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<img>", "</img>", "<IMG_CONTEXT>", "<video>"]
+INTERNVL_TOKENS = {"context_image_token": "<IMG_CONTEXT>", "start_image_token": "<img>", "end_image_token": "</img>",
+                   "video_token": "<video>"}
+
+
+def build_internvl(out: Path) -> Path:
+    """InternVL3-style model without its processor (the video processor needs torchvision): tokenizer and
+    GotOcr2ImageProcessorPil, with the hub's processor and video-processor configs beside them.
+
+    16 px tiles of 4 px patches give 4 `<IMG_CONTEXT>` per tile; up to 4 tiles + thumbnail (a 32x32 image: 5).
+    """
+    tok = word_tokenizer(INTERNVL_SPECIALS, bos=None, eos="<|im_end|>", pad="<|endoftext|>",
+                         template=INTERNVL_TEMPLATE, add_bos=False, extra=INTERNVL_TOKENS)
+    image_processor = GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, crop_to_patches=False, min_patches=1,
+                                               max_patches=4, **HALF)
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 16, "patch_size": 4}
+    text = {"model_type": "qwen2", "vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 512,
+            "bos_token_id": None, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+            "tie_word_embeddings": False}
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=tok.context_image_token_id,
+                            image_seq_length=4, downsample_ratio=0.5, tie_word_embeddings=False)
+    _save_random_model(InternVLForConditionalGeneration, config, tok, out, seed=8)
+    tok.save_pretrained(out)
+    image_processor.save_pretrained(out)
+    # As on the hub: the processor (image_seq_length) and its video processor, which cannot load here.
+    (out / "processor_config.json").write_text(json.dumps({"processor_class": "InternVLProcessor",
+                                                           "image_seq_length": 4}))
+    (out / "video_preprocessor_config.json").write_text(json.dumps({
+        "video_processor_type": "InternVLVideoProcessor", "processor_class": "InternVLProcessor",
+        "size": {"height": 16, "width": 16}, **HALF}))
+    return out
+
+
 BUILDERS = {
     "llava_tiny": build_llava_tiny,
     "llava15": build_llava15,
@@ -417,4 +465,5 @@ BUILDERS = {
     "mllama": build_mllama,
     "gemma3": build_gemma3,
     "llava_onevision": build_llava_onevision,
+    "internvl": build_internvl,
 }

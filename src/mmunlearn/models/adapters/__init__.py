@@ -6,6 +6,7 @@ Importing this package registers every family module; `load_adapter(path_or_id)`
 from mmunlearn.models.adapters import (  # noqa: F401  (registers)
     gemma3,
     idefics3,
+    internvl,
     llava,
     llava_next,
     llava_onevision,
