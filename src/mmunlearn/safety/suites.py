@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from mmunlearn.errors import ConfigError, DataError
-from mmunlearn.models.adapters.base import VLMInput
+from mmunlearn.errors import ConfigError, DataError, MMUnlearnError
+from mmunlearn.models.adapters.base import VLMBatch, VLMInput
 from mmunlearn.registry import Registry, did_you_mean
 from mmunlearn.safety.loaders import FIGSTEP_PROMPT as GENERIC_FIGSTEP_PROMPT
 from mmunlearn.safety.records import SafetyPrompt, SafetySet
@@ -819,10 +819,10 @@ def _normalisation(image_processor: Any, device: torch.device) -> tuple[torch.Te
     return as_tensor(mean), as_tensor(std)
 
 
-def _answer_logprobs(adapter: VLMAdapter, inputs: dict[str, torch.Tensor], pixels: torch.Tensor,
+def _answer_logprobs(adapter: VLMAdapter, inputs: dict[str, torch.Tensor],
                      spans: Sequence[tuple[int, int]]) -> torch.Tensor:
-    """Summed log-probability of each row's teacher-forced answer given its `pixels`: [rows]."""
-    logits = adapter.model(**{**inputs, "pixel_values": pixels.to(adapter.dtype)}).logits
+    """Summed log-probability of each row's teacher-forced answer: [rows]."""
+    logits = adapter.model(**inputs).logits
     ids = inputs["input_ids"]
     out = []
     for row, (start, end) in enumerate(spans):
@@ -854,8 +854,9 @@ class PGDImageSuite(Suite):
     another entity's image (`start="unrelated"`) or a blank one. `request`: FigStep's benign prompt or the
     request about "the creature/object in the image". The final iterate is returned as an 8-bit image at the
     processor's resolution, so generation uses the normal path; the log-likelihoods before and after are
-    measured on that path. Needs families whose `pixel_values` are [batch, 3, H, W] (LLaVA-1.5 style; not
-    LLaVA-NeXT's tiles nor Qwen2-VL's flattened patches). Prompts without a `harmful_answer` yield nothing.
+    measured on that path. Needs families whose processed image is one view (`VLMAdapter.image_views`: LLaVA-1.5,
+    Gemma 3, Qwen2-VL/2.5-VL/3-VL through their flattened patches, InternVL on one tile; not the tiles or crops
+    of LLaVA-NeXT, Idefics3 or Mllama). Prompts without a `harmful_answer` yield nothing.
     """
 
     epsilon: float = 8 / 255
@@ -921,6 +922,14 @@ class PGDImageSuite(Suite):
                     for (prompt, text, _, origin), (image, stats) in zip(chunk, attacked)]
         return out
 
+    @staticmethod
+    def _views(adapter: VLMAdapter, batch: VLMBatch) -> list[torch.Tensor]:
+        try:
+            return adapter.image_views(batch)
+        except MMUnlearnError as exc:
+            raise ConfigError(f"suite 'pgd_image' attacks one image view per row, which {adapter.name!r} does not "
+                              f"give ({exc}); leave it out of safety.suites for this model") from None
+
     def attack_many(self, adapter: VLMAdapter, starts: Sequence[Image.Image], texts: Sequence[str],
                     answers: Sequence[str], seeds: Sequence[int]) -> list[tuple[Image.Image, dict[str, Any]]]:
         """The adversarial image for each (start, text) pushing its `answer`, and the before/after statistics;
@@ -929,31 +938,29 @@ class PGDImageSuite(Suite):
             return []
         rows = [VLMInput(start, text, answer) for start, text, answer in zip(starts, texts, answers)]
         batch = adapter.format(rows, for_generation=False)
-        inputs = batch.model_inputs()
-        pixels = inputs.get("pixel_values")
-        if pixels is None or pixels.dim() != 4 or pixels.shape[:2] != (len(rows), 3):
-            shape = None if pixels is None else tuple(pixels[:1].shape)
-            raise ConfigError(f"suite 'pgd_image' needs pixel_values of shape [1, 3, H, W] per image; "
-                              f"{adapter.name!r} gives {shape}")
-        mean, std = _normalisation(adapter.image_processor, pixels.device)
-        x0 = torch.round((pixels.float() * std + mean).clamp(0, 1) * 255) / 255  # [rows, 3, H, W]
-        x = x0.clone()
+        views = self._views(adapter, batch)
+        mean, std = _normalisation(adapter.image_processor, views[0].device)
+        x0 = [torch.round((view.float() * std + mean).clamp(0, 1) * 255) / 255 for view in views]  # [3, H, W] each
+        x = [image.clone() for image in x0]
         with _pixels_only(adapter.model):
             if self.random_start and self.epsilon > 0:
-                noise = torch.stack([torch.rand(x0.shape[1:], generator=torch.Generator().manual_seed(seed))
-                                     for seed in seeds])
-                x = (x0 + (2 * noise.to(x0.device) - 1) * self.epsilon).clamp(0, 1)
+                noise = [torch.rand(image.shape, generator=torch.Generator().manual_seed(seed))
+                         for image, seed in zip(x0, seeds)]
+                x = [(image + (2 * n.to(image.device) - 1) * self.epsilon).clamp(0, 1) for image, n in zip(x0, noise)]
             for _ in range(self.steps):
-                x.requires_grad_(True)
-                logp = _answer_logprobs(adapter, inputs, (x - mean) / std, batch.answer_spans)
-                (grad,) = torch.autograd.grad(logp.sum(), x)
-                x = x.detach() + self.step_size * grad.sign()
-                x = torch.minimum(torch.maximum(x, x0 - self.epsilon), x0 + self.epsilon).clamp(0, 1)
+                for image in x:
+                    image.requires_grad_(True)
+                inputs = adapter.with_image_views(batch, [(image - mean) / std for image in x])
+                logp = _answer_logprobs(adapter, inputs, batch.answer_spans)
+                grads = torch.autograd.grad(logp.sum(), x)
+                x = [image.detach() + self.step_size * grad.sign() for image, grad in zip(x, grads)]
+                x = [torch.minimum(torch.maximum(image, start - self.epsilon), start + self.epsilon).clamp(0, 1)
+                     for image, start in zip(x, x0)]
             images = [_to_image(x[i].detach(), x0[i], self.epsilon) for i in range(len(rows))]
             scores = adapter.answer_logprobs([*rows, *(VLMInput(image, text, answer) for image, text, answer
                                                        in zip(images, texts, answers))])
-        adv = adapter.format([VLMInput(image, text, None) for image, text in zip(images, texts)],
-                             for_generation=True).inputs["pixel_values"]
+        adv = self._views(adapter, adapter.format([VLMInput(image, text, None) for image, text in zip(images, texts)],
+                                                  for_generation=True))
         out = []
         for i, image in enumerate(images):
             before, after = scores[i], scores[len(rows) + i]

@@ -523,6 +523,24 @@ class VLMAdapter(abc.ABC):
             out[key] = value.to(device, dtype) if value.is_floating_point() else value.to(device)
         return out
 
+    # ------------------------------------------------------------------ pixel-space views
+
+    def image_views(self, batch: VLMBatch) -> list[torch.Tensor]:
+        """Each image row's processed pixels as one normalised `[3, H, W]` image, in row order, for attacks that
+        work in pixel space (PGD). Families whose rows hold several views of an image (tiles, crops) raise."""
+        pixels = batch.inputs.get("pixel_values")
+        n_images = sum(batch.has_image)
+        if pixels is None or pixels.dim() != 4 or pixels.shape[1] != 3 or pixels.shape[0] != n_images:
+            shape = None if pixels is None else tuple(pixels.shape)
+            raise MMUnlearnError(f"{type(self).__name__}: the pixel values {shape} of {n_images} image rows are not "
+                                 "one [3, H, W] view per image")
+        return list(pixels.unbind(0))
+
+    def with_image_views(self, batch: VLMBatch, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`batch`'s model inputs with its pixel values rebuilt from `views` (`image_views`' layout), so that
+        gradients reach the views."""
+        return {**batch.model_inputs(), "pixel_values": torch.stack(list(views)).to(self.dtype)}
+
     # ------------------------------------------------------------------ model access
 
     @property

@@ -12,11 +12,13 @@ The projector (`merger`) lives inside the vision tower (`model.visual`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from mmunlearn.models.adapters.base import VLMAdapter, register_adapter
+from mmunlearn.errors import MMUnlearnError
+from mmunlearn.models.adapters.base import VLMAdapter, VLMBatch, register_adapter
 
 
 def _merge_size(adapter: VLMAdapter) -> int:
@@ -42,6 +44,37 @@ class Qwen2VLAdapter(VLMAdapter):
 
     def _vision_positions(self, vision: dict[str, Any]) -> int:
         return int(torch.as_tensor(vision["image_grid_thw"]).prod(-1).sum().item())
+
+    def _patch_layout(self) -> tuple[int, int, int]:
+        vision = self.model.config.vision_config
+        return int(vision.patch_size), _merge_size(self), int(vision.temporal_patch_size)
+
+    def image_views(self, batch: VLMBatch) -> list[torch.Tensor]:
+        """Each image's flattened patches (the image processor's `patchify`) put back into its `[3, H, W]`
+        image; of a still image's `temporal_patch_size` identical frames, the first."""
+        patch, merge, frames = self._patch_layout()
+        pixels, views, start = batch.inputs["pixel_values"], [], 0
+        for t, gh, gw in batch.inputs["image_grid_thw"].tolist():
+            if t != 1:
+                raise MMUnlearnError(f"{type(self).__name__}: an image of {t} temporal patches has no single view")
+            rows = pixels[start:start + gh * gw].reshape(gh // merge, gw // merge, merge, merge, -1, frames, patch,
+                                                         patch)[:, :, :, :, :, 0]
+            views.append(rows.permute(4, 0, 2, 5, 1, 3, 6).reshape(-1, gh * patch, gw * patch))
+            start += gh * gw
+        return views
+
+    def with_image_views(self, batch: VLMBatch, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The patches of each view as the image processor lays them out, its frame repeated in time."""
+        patch, merge, frames = self._patch_layout()
+        rows = []
+        for view in views:
+            channels, height, width = view.shape
+            gh, gw = height // patch, width // patch
+            x = view.reshape(channels, gh // merge, merge, patch, gw // merge, merge, patch)
+            x = x.permute(1, 4, 2, 5, 0, 3, 6)  # (gh/m, gw/m, m, m, C, p, p), as `patchify`
+            x = x.unsqueeze(5).expand(*x.shape[:5], frames, *x.shape[5:])
+            rows.append(x.reshape(gh * gw, channels * frames * patch * patch))
+        return {**batch.model_inputs(), "pixel_values": torch.cat(rows).to(self.dtype)}
 
 
 @register_adapter("qwen2_5_vl")
