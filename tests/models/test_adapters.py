@@ -16,6 +16,7 @@ from mmunlearn.models.adapters.internvl import InternVLAdapter
 from mmunlearn.models.adapters.llava import LlavaAdapter
 from mmunlearn.models.adapters.llava_next import LlavaNextAdapter
 from mmunlearn.models.adapters.llava_onevision import LlavaOnevisionAdapter
+from mmunlearn.models.adapters.mistral3 import Mistral3Adapter
 from mmunlearn.models.adapters.mllama import MllamaAdapter
 from mmunlearn.models.adapters.qwen2_vl import Qwen2VLAdapter, Qwen25VLAdapter
 from mmunlearn.models.adapters.qwen3_vl import Qwen3VLAdapter
@@ -25,7 +26,7 @@ EXPECTED_CLASS = {"llava_tiny": LlavaAdapter, "llava15": LlavaAdapter, "llava_ne
                   "qwen2_vl": Qwen2VLAdapter, "qwen2_5_vl": Qwen25VLAdapter, "qwen3_vl": Qwen3VLAdapter,
                   "idefics3": Idefics3Adapter, "smolvlm": SmolVLMAdapter,
                   "mllama": MllamaAdapter, "gemma3": Gemma3Adapter,
-                  "llava_onevision": LlavaOnevisionAdapter, "internvl": InternVLAdapter}
+                  "llava_onevision": LlavaOnevisionAdapter, "internvl": InternVLAdapter, "mistral3": Mistral3Adapter}
 ITEMS = make_items()
 
 
@@ -45,10 +46,10 @@ def adapter(request, adapter_for) -> VLMAdapter:
 def test_loads_the_family_adapter(family, adapter_for):
     adapter = adapter_for(family)
     assert type(adapter) is EXPECTED_CLASS[family]
-    # Qwen2-VL, Qwen3-VL, SmolVLM, LLaVA-OneVision and InternVL processors need torchvision: those run the
-    # manual (PIL + tokenizer) path.
+    # Qwen2-VL, Qwen3-VL, SmolVLM, LLaVA-OneVision, InternVL and Pixtral (Mistral 3) processors need torchvision:
+    # those run the manual (PIL + tokenizer) path.
     assert (adapter.processor is None) == (family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm",
-                                                      "llava_onevision", "internvl"))
+                                                      "llava_onevision", "internvl", "mistral3"))
 
 
 def test_format_round_trip(adapter):
@@ -636,3 +637,136 @@ def test_onevision_placeholders_match_processor_and_model_features(adapter_for):
     finally:
         adapter.batch_size = saved
     assert [s.total for s in scores] == pytest.approx([s.total for s in alone], abs=1e-4)
+
+
+def _pixtral_processor(adapter: VLMAdapter):
+    """PixtralProcessor (patch 4, merge 2, as the fixture's processor config) over the adapter's tokenizer and image
+    processor. Its module imports the torchvision image processor for one helper (a token count the adapter does
+    not use): it is imported here with the PIL module's helper in that module's place, and the module table put
+    back afterwards, so `AutoProcessor` still fails as it does without torchvision."""
+    import importlib
+    import sys
+    import types
+
+    from transformers.models import pixtral
+    from transformers.models.pixtral import image_processing_pil_pixtral
+
+    torchvision_module = "transformers.models.pixtral.image_processing_pixtral"
+    processing = "transformers.models.pixtral.processing_pixtral"
+    stub = types.ModuleType(torchvision_module)
+    stub.get_resize_output_image_size = image_processing_pil_pixtral.get_resize_output_image_size
+    saved = {name: sys.modules.get(name) for name in (torchvision_module, processing)}
+    had_attribute = "processing_pixtral" in vars(pixtral)
+    sys.modules[torchvision_module] = stub
+    sys.modules.pop(processing, None)
+    try:
+        processor_cls = importlib.import_module(processing).PixtralProcessor
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+        if not had_attribute:
+            vars(pixtral).pop("processing_pixtral", None)
+    return processor_cls(image_processor=adapter.image_processor, tokenizer=adapter.tokenizer, patch_size=4,
+                         spatial_merge_size=2, chat_template=adapter.chat_template)
+
+
+def test_mistral3_manual_path_equals_pixtral_processor(adapter_for):
+    """The manual rows, a generation prompt and a whole mixed batch (images of three sizes padded to the largest,
+    text-only rows) equal PixtralProcessor's."""
+    manual = adapter_for("mistral3")
+    processor = _pixtral_processor(manual)
+    real = type(manual)(manual.model, processor)
+    assert real.image_token == manual.image_token == "[IMG]"
+    for item in ITEMS:
+        a, b = manual.encode(item, for_generation=False), real.encode(item, for_generation=False)
+        assert a.input_ids == b.input_ids and a.answer_start == b.answer_start
+        assert sorted(a.vision) == sorted(b.vision) == ([] if item.image is None else ["image_sizes", "pixel_values"])
+        assert all(torch.equal(torch.as_tensor(a.vision[k]), torch.as_tensor(b.vision[k])) for k in a.vision)
+    sizes = [manual.encode(it, for_generation=True).vision["image_sizes"][0].tolist() for it in ITEMS if it.image]
+    assert sizes == [[24, 24], [16, 24], [16, 16]], "longest edge 24, sides rounded up to 8 px (4 px patches x 2)"
+    for item in ITEMS[:3]:
+        content = ([{"type": "image", "image": item.image}] if item.image is not None else [])
+        content.append({"type": "text", "text": item.question})
+        expected = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                                 tokenize=True, return_dict=True, return_tensors="pt")
+        batch = manual.format([item], for_generation=True)
+        assert batch.inputs["input_ids"].tolist() == expected["input_ids"].tolist()
+        if item.image is not None:
+            assert torch.equal(batch.inputs["pixel_values"], expected["pixel_values"])
+            assert torch.equal(batch.inputs["image_sizes"], expected["image_sizes"])
+    texts = [manual.render(it, with_answer=False) for it in ITEMS]
+    expected = processor(text=texts, images=[it.image for it in ITEMS if it.image is not None], padding=True,
+                         add_special_tokens=False, return_tensors="pt")
+    batch = manual.format(ITEMS, for_generation=True)
+    for key in ("input_ids", "attention_mask", "pixel_values", "image_sizes"):
+        assert torch.equal(batch.inputs[key], expected[key]), key
+    row = manual.encode(ITEMS[0], for_generation=True).input_ids
+    tokens = manual.tokenizer.convert_ids_to_tokens(row)
+    assert (tokens.count("[IMG]"), tokens.count("[IMG_BREAK]"), tokens.count("[IMG_END]")) == (9, 2, 1)
+
+
+def test_mistral3_placeholders_match_model_features_and_padding_is_cropped(adapter_for):
+    """`[IMG]` per image size equals the model's merged features; in a batch padded to the largest image every
+    image gets the features it gets alone, and every row its score alone."""
+    from vlm_fixtures import picture
+
+    adapter = adapter_for("mistral3")
+    sizes = [(8, 16), (16, 16), (32, 16), (32, 32), (6, 10), (12, 40), (64, 48), (100, 30), (40, 12)]
+    items = [VLMInput(picture(20 + k, size), "what is this creature ?", "zorp") for k, size in enumerate(sizes)]
+    alone = []
+    for item in items:
+        row = adapter.encode(item, for_generation=True)
+        height, width = row.vision["image_sizes"][0].tolist()
+        assert height % 8 == width % 8 == 0 and max(height, width) <= 24
+        n = sum(t == adapter.image_token_id for t in row.input_ids)
+        assert n == (height // 8) * (width // 8)
+        assert adapter.token_counts([item])[0].vision_positions == (height // 4) * (width // 4)
+        with torch.no_grad():
+            features = adapter.model.model.get_image_features(**adapter._collate_vision([row], [0])).pooler_output
+        assert len(features) == 1 and features[0].shape[0] == n
+        alone.append(features[0])
+    rows = [adapter.encode(item, for_generation=True) for item in items]
+    vision = adapter._collate_vision(rows, [0] * len(rows))
+    assert vision["pixel_values"].shape[-2:] == (24, 24)
+    with torch.no_grad():
+        together = adapter.model.model.get_image_features(**vision).pooler_output
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(alone, together))
+    # transformers' get_image_features squeezes a batch of one merged feature in all (a lone image of at most
+    # 2 x 2 patches: 28 x 28 px on the real model) to a vector and cannot split it; with other images it runs.
+    small = adapter.encode(VLMInput(picture(30, (8, 8)), "what is this creature ?", "zorp"), for_generation=True)
+    with pytest.raises(RuntimeError, match="split"), torch.no_grad():
+        adapter.model.model.get_image_features(**adapter._collate_vision([small], [0]))
+    with torch.no_grad():
+        both = adapter.model.model.get_image_features(**adapter._collate_vision([small, rows[0]], [0, 0])).pooler_output
+    assert [f.shape[0] for f in both] == [1, alone[0].shape[0]] and torch.allclose(both[1], alone[0], atol=1e-5)
+    mixed = [it for pair in zip(items, ITEMS * 2) for it in pair]
+    scores = adapter.answer_logprobs(mixed)
+    adapter.batch_size, saved = 1, adapter.batch_size
+    try:
+        single = adapter.answer_logprobs(mixed)
+    finally:
+        adapter.batch_size = saved
+    assert [s.total for s in scores] == pytest.approx([s.total for s in single], abs=1e-4)
+
+
+def test_mistral3_shared_prompt_prefill_gives_the_samples_of_separate_rows(adapter_for):
+    """Several samples of one prompt from one prefill (pixel values and image sizes of the distinct prompts only)
+    equal those of separate rows, through the decoding loop and `generate` alike."""
+    adapter = adapter_for("mistral3")
+    seeds = [[1, 2, 3], [4], [5, 6]]
+    items = ITEMS[:3]
+    assert adapter.shares_prompt_prefill and adapter.drops_finished_rows
+    shared = adapter.sample(items, seeds, max_new_tokens=4, temperature=1.5)
+    try:
+        adapter.drops_finished_rows = False
+        through_generate = adapter.sample(items, seeds, max_new_tokens=4, temperature=1.5)
+        adapter.shares_prompt_prefill = False
+        separate = adapter.sample(items, seeds, max_new_tokens=4, temperature=1.5)
+    finally:
+        for flag in ("drops_finished_rows", "shares_prompt_prefill"):
+            vars(adapter).pop(flag, None)  # back to the class's flags
+    assert [len(t) for t in shared] == [3, 1, 2]
+    assert shared == through_generate == separate

@@ -36,10 +36,13 @@ from transformers import (
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionImageProcessorPil,
+    Mistral3Config,
+    Mistral3ForConditionalGeneration,
     MllamaConfig,
     MllamaForConditionalGeneration,
     MllamaImageProcessorPil,
     MllamaProcessor,
+    PixtralImageProcessorPil,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
@@ -133,6 +136,25 @@ ONEVISION_TEMPLATE = (
     "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
     "{% generation %}{{ '\\n' + content['text'] }}{% endgeneration %}{% endfor %}{% endif %}{{'<|im_end|>'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+# mistralai/Mistral-Small-3.1-24B-Instruct-2503's template, shortened (no tools, no date in the default system
+# prompt): BOS, a system turn, `[INST]...[/INST]` with `[IMG]` where the image is, the answer closed by eos.
+MISTRAL3_TEMPLATE = (
+    "{%- set default_system_message = 'you are a helpful assistant .' %}{{- bos_token }}"
+    "{%- if messages[0]['role'] == 'system' %}{%- if messages[0]['content'] is string %}"
+    "{%- set system_message = messages[0]['content'] %}{%- else %}"
+    "{%- set system_message = messages[0]['content'][0]['text'] %}{%- endif %}{%- set loop_messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = default_system_message %}{%- set loop_messages = messages %}{%- endif %}"
+    "{{- '[SYSTEM_PROMPT]' + system_message + '[/SYSTEM_PROMPT]' }}{%- for message in loop_messages %}"
+    "{%- if message['role'] == 'user' %}{%- if message['content'] is string %}"
+    "{{- '[INST]' + message['content'] + '[/INST]' }}{%- else %}{{- '[INST]' }}{%- for block in message['content'] %}"
+    "{%- if block['type'] == 'text' %}{{- block['text'] }}{%- elif block['type'] == 'image' or block['type'] == "
+    "'image_url' %}{{- '[IMG]' }}{%- else %}{{- raise_exception('Only text and image blocks are supported in message "
+    "content!') }}{%- endif %}{%- endfor %}{{- '[/INST]' }}{%- endif %}{%- elif message['role'] == 'assistant' %}"
+    "{%- if message['content'] is string %}{{- message['content'] + eos_token }}{%- else %}"
+    "{{- message['content'][0]['text'] + eos_token }}{%- endif %}{%- else %}"
+    "{{- raise_exception('Only user and assistant roles are supported!') }}{%- endif %}{%- endfor %}"
 )
 
 HALF = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
@@ -453,6 +475,44 @@ def build_internvl(out: Path) -> Path:
     return out
 
 
+MISTRAL3_SPECIALS = ["<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]",
+                     "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"]
+
+
+def _mistral3_parts() -> tuple[PreTrainedTokenizerFast, PixtralImageProcessorPil]:
+    """Tokenizer and image processor as on the hub: the image processor's own patch size is the tower's (the
+    processor asks it for patch * merge); longest edge 24 px, so 32 px images shrink and odd grids appear."""
+    tok = word_tokenizer(MISTRAL3_SPECIALS, bos="<s>", eos="</s>", pad="<pad>", template=MISTRAL3_TEMPLATE,
+                         add_bos=True)
+    image_processor = PixtralImageProcessorPil(size={"longest_edge": 24}, patch_size={"height": 4, "width": 4},
+                                               **HALF)
+    return tok, image_processor
+
+
+def build_mistral3(out: Path) -> Path:
+    """Mistral Small 3.1-style model without its processor (needs torchvision): tokenizer + PixtralImageProcessorPil.
+
+    4 px patches merged 2 x 2: the test images become 24x24 (3 x 3 `[IMG]`), 16x24 (2 x 3) and 16x16 (2 x 2) and
+    a batch pads them to 24x24.
+    """
+    tok, image_processor = _mistral3_parts()
+    text = {"model_type": "mistral", "vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+            "max_position_embeddings": 512, "sliding_window": None, "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id, "tie_word_embeddings": False}
+    vision = {"model_type": "pixtral", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+              "num_attention_heads": 2, "image_size": 24, "patch_size": 4}
+    config = Mistral3Config(text_config=text, vision_config=vision, spatial_merge_size=2, vision_feature_layer=-1,
+                            image_token_index=tok.convert_tokens_to_ids("[IMG]"), tie_word_embeddings=False)
+    _save_random_model(Mistral3ForConditionalGeneration, config, tok, out, seed=10)
+    tok.save_pretrained(out)
+    image_processor.save_pretrained(out)
+    # As on the hub: the processor's config (patch size and merge), which cannot load here.
+    (out / "processor_config.json").write_text(json.dumps({"processor_class": "PixtralProcessor", "patch_size": 4,
+                                                           "spatial_merge_size": 2}))
+    return out
+
+
 BUILDERS = {
     "llava_tiny": build_llava_tiny,
     "llava15": build_llava15,
@@ -466,4 +526,5 @@ BUILDERS = {
     "gemma3": build_gemma3,
     "llava_onevision": build_llava_onevision,
     "internvl": build_internvl,
+    "mistral3": build_mistral3,
 }

@@ -10,6 +10,7 @@ from mmunlearn.models.adapters import (  # noqa: F401  (registers)
     llava,
     llava_next,
     llava_onevision,
+    mistral3,
     mllama,
     qwen2_vl,
     qwen3_vl,
