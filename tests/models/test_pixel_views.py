@@ -33,6 +33,8 @@ def test_image_views_rebuild_the_pixel_values_or_are_refused(family, adapter_for
         return
     views = adapter.image_views(batch)
     assert len(views) == len(IMAGE_ITEMS) and all(v.dim() == 3 and v.shape[0] == 3 for v in views)
+    alone = [adapter.image_views(adapter.format([item], for_generation=False))[0] for item in IMAGE_ITEMS]
+    assert all(torch.equal(v, a) for v, a in zip(views, alone)), "a view is the image's own, without batch padding"
     assert torch.equal(adapter.with_image_views(batch, views)["pixel_values"], batch.inputs["pixel_values"])
     processor = adapter.image_processor
     mean = torch.tensor(processor.image_mean).reshape(-1, 1, 1)
@@ -44,7 +46,7 @@ def test_image_views_rebuild_the_pixel_values_or_are_refused(family, adapter_for
         assert torch.allclose(back, (torch.round((view * std + mean).clamp(0, 1) * 255) / 255 - mean) / std, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "gemma3", "llava15"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "gemma3", "llava15", "mistral3"])
 def test_pgd_raises_the_answer_within_epsilon_on_single_view_families(family, adapter_for):
     """PGD through each family's view of the image: the target answer's log-probability rises, the returned
     8-bit image stays within epsilon of the start, and the model is left as it was."""
@@ -54,7 +56,7 @@ def test_pgd_raises_the_answer_within_epsilon_on_single_view_families(family, ad
     starts = [item.image for item in IMAGE_ITEMS[:2]]
     attacked = suite.attack_many(adapter, starts, ["what is this creature ?"] * 2, ["zorp blip", "red berries"],
                                  [1, 2])
-    for image, stats in attacked:
+    for _, stats in attacked:
         assert stats["logprob_after"] > stats["logprob_before"]
         assert stats["linf"] <= 16 / 255 + 1e-6
     after = adapter.model.state_dict()

@@ -18,12 +18,13 @@ prompts without a system turn change from one day to the next.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from mmunlearn.models.adapters.base import EncodedRow, VLMAdapter, register_adapter
+from mmunlearn.models.adapters.base import EncodedRow, VLMAdapter, VLMBatch, register_adapter
 
 
 def _side(value: Any) -> int:
@@ -70,6 +71,17 @@ class Mistral3Adapter(VLMAdapter):
         padded = [F.pad(p, (0, width - p.shape[-1], 0, height - p.shape[-2])) for p in pixels]
         sizes = [torch.as_tensor(r.vision["image_sizes"]) for r in image_rows]
         return {"pixel_values": torch.cat(padded, dim=0), "image_sizes": torch.cat(sizes, dim=0)}
+
+    def image_views(self, batch: VLMBatch) -> list[torch.Tensor]:
+        """Each image without the batch's zero padding: its own `image_sizes` (h, w)."""
+        views = super().image_views(batch)
+        return [view[:, :h, :w] for view, (h, w) in zip(views, batch.inputs["image_sizes"].tolist())]
+
+    def with_image_views(self, batch: VLMBatch, views: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The views padded with zeros to the batch's width, as `_collate_vision` pads them."""
+        height, width = batch.inputs["pixel_values"].shape[-2:]
+        padded = [F.pad(view, (0, width - view.shape[-1], 0, height - view.shape[-2])) for view in views]
+        return super().with_image_views(batch, padded)
 
     def _vision_positions(self, vision: dict[str, Any]) -> int:
         patch = self._patch()
