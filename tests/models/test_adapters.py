@@ -399,13 +399,11 @@ def test_internvl_manual_path_equals_internvl_processor(adapter_for):
     assert torch.equal(batch.inputs["pixel_values"], expected["pixel_values"])
 
 
-def test_internvl_shared_prompt_prefill_gives_the_samples_of_separate_rows(adapter_for):
-    """Several samples of one image prompt from one prefill (decoding loop and `generate` alike) equal those of
-    separate rows."""
-    adapter = adapter_for("internvl")
+def test_shared_prompt_prefill_gives_the_samples_of_separate_rows(adapter):
+    """Several samples of one prompt from one prefill (the distinct prompts' vision inputs only) equal those of
+    separate rows, through the decoding loop and `generate` alike (families without either run the same path)."""
     seeds = [[1, 2, 3], [4], [5, 6]]
     items = ITEMS[:3]
-    assert adapter.shares_prompt_prefill and adapter.drops_finished_rows
     shared = adapter.sample(items, seeds, max_new_tokens=4, temperature=1.5)
     try:
         adapter.drops_finished_rows = False
@@ -750,23 +748,3 @@ def test_mistral3_placeholders_match_model_features_and_padding_is_cropped(adapt
     finally:
         adapter.batch_size = saved
     assert [s.total for s in scores] == pytest.approx([s.total for s in single], abs=1e-4)
-
-
-def test_mistral3_shared_prompt_prefill_gives_the_samples_of_separate_rows(adapter_for):
-    """Several samples of one prompt from one prefill (pixel values and image sizes of the distinct prompts only)
-    equal those of separate rows, through the decoding loop and `generate` alike."""
-    adapter = adapter_for("mistral3")
-    seeds = [[1, 2, 3], [4], [5, 6]]
-    items = ITEMS[:3]
-    assert adapter.shares_prompt_prefill and adapter.drops_finished_rows
-    shared = adapter.sample(items, seeds, max_new_tokens=4, temperature=1.5)
-    try:
-        adapter.drops_finished_rows = False
-        through_generate = adapter.sample(items, seeds, max_new_tokens=4, temperature=1.5)
-        adapter.shares_prompt_prefill = False
-        separate = adapter.sample(items, seeds, max_new_tokens=4, temperature=1.5)
-    finally:
-        for flag in ("drops_finished_rows", "shares_prompt_prefill"):
-            vars(adapter).pop(flag, None)  # back to the class's flags
-    assert [len(t) for t in shared] == [3, 1, 2]
-    assert shared == through_generate == separate
