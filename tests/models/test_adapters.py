@@ -37,6 +37,35 @@ def groups(adapter: VLMAdapter, items: list[VLMInput]) -> list[list[VLMInput]]:
     return [[it for it in items if it.image is not None], [it for it in items if it.image is None]]
 
 
+def assert_rows_match(manual: VLMAdapter, real: VLMAdapter, vision_keys: list[str] | None = None) -> None:
+    """Every item's teacher-forced row from the manual path equals the real processor's: ids, answer start and
+    vision tensors (`vision_keys`: the keys an image row must carry)."""
+    for item in ITEMS:
+        a, b = manual.encode(item, for_generation=False), real.encode(item, for_generation=False)
+        assert a.input_ids == b.input_ids and a.answer_start == b.answer_start
+        assert sorted(a.vision) == sorted(b.vision)
+        if vision_keys is not None:
+            assert sorted(a.vision) == ([] if item.image is None else sorted(vision_keys))
+        assert all(torch.equal(torch.as_tensor(a.vision[k]), torch.as_tensor(b.vision[k])) for k in a.vision)
+
+
+def assert_generation_prompts_match(manual: VLMAdapter, processor, items: list[VLMInput], vision_keys: list[str],
+                                    text_keys: tuple[str, ...] | list[str] = ()) -> None:
+    """`format` of one item for generation equals `processor.apply_chat_template(tokenize=True)`: ids, the
+    `text_keys` and, for an image item, the `vision_keys`."""
+    for item in items:
+        content = ([{"type": "image", "image": item.image}] if item.image is not None else [])
+        content.append({"type": "text", "text": item.question})
+        expected = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                                 tokenize=True, return_dict=True, return_tensors="pt")
+        batch = manual.format([item], for_generation=True)
+        assert batch.inputs["input_ids"].tolist() == expected["input_ids"].tolist()
+        for key in text_keys:
+            assert torch.equal(batch.inputs[key], expected[key].long()), key
+        for key in vision_keys if item.image is not None else ():
+            assert torch.equal(batch.inputs[key], expected[key]), key
+
+
 @pytest.fixture(params=FAMILIES)
 def adapter(request, adapter_for) -> VLMAdapter:
     return adapter_for(request.param)
@@ -293,11 +322,7 @@ def test_qwen_manual_path_equals_qwen2vl_processor(family, adapter_for):
     processor.image_token_id = manual.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     processor.video_token_id = manual.tokenizer.convert_tokens_to_ids("<|video_pad|>")
     real = type(manual)(manual.model, processor)
-    for item in ITEMS:
-        a, b = manual.encode(item, for_generation=False), real.encode(item, for_generation=False)
-        assert a.input_ids == b.input_ids and a.answer_start == b.answer_start
-        assert sorted(a.vision) == sorted(b.vision)
-        assert all(torch.equal(a.vision[k], b.vision[k]) for k in a.vision)
+    assert_rows_match(manual, real)
     image_item = ITEMS[0]
     text = real.render(image_item, with_answer=False)
     expected = processor(text=[text], images=[image_item.image], return_tensors="pt")
@@ -321,22 +346,9 @@ def test_qwen3_manual_path_equals_qwen3vl_processor(adapter_for):
         setattr(processor, f"vision_{name}_token", f"<|vision_{name}|>")
         setattr(processor, f"vision_{name}_token_id", tok.convert_tokens_to_ids(f"<|vision_{name}|>"))
     real = Qwen3VLAdapter(manual.model, processor)
-    for item in ITEMS:
-        a, b = manual.encode(item, for_generation=False), real.encode(item, for_generation=False)
-        assert a.input_ids == b.input_ids and a.answer_start == b.answer_start
-        assert sorted(a.vision) == sorted(b.vision)
-        assert all(torch.equal(a.vision[k], b.vision[k]) for k in a.vision)
-    for item in ITEMS[:3]:
-        content = ([{"type": "image", "image": item.image}] if item.image is not None else [])
-        content.append({"type": "text", "text": item.question})
-        expected = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                                 tokenize=True, return_dict=True, return_tensors="pt")
-        batch = manual.format([item], for_generation=True)
-        assert batch.inputs["input_ids"].tolist() == expected["input_ids"].tolist()
-        assert torch.equal(batch.inputs["mm_token_type_ids"], expected["mm_token_type_ids"].long())
-        if item.image is not None:
-            assert torch.equal(batch.inputs["pixel_values"], expected["pixel_values"])
-            assert torch.equal(batch.inputs["image_grid_thw"], expected["image_grid_thw"])
+    assert_rows_match(manual, real)
+    assert_generation_prompts_match(manual, processor, ITEMS[:3], ["pixel_values", "image_grid_thw"],
+                                    ["mm_token_type_ids"])
 
 
 def test_qwen3_deepstack_mergers_count_as_projector(adapter_for):
@@ -383,11 +395,7 @@ def test_internvl_manual_path_equals_internvl_processor(adapter_for):
     processor = _internvl_processor(manual)
     real = type(manual)(manual.model, processor)
     assert real.image_token == manual.image_token == "<IMG_CONTEXT>"
-    for item in ITEMS:
-        a, b = manual.encode(item, for_generation=False), real.encode(item, for_generation=False)
-        assert a.input_ids == b.input_ids and a.answer_start == b.answer_start
-        assert sorted(a.vision) == sorted(b.vision) == ([] if item.image is None else ["pixel_values"])
-        assert all(torch.equal(a.vision[k], b.vision[k]) for k in a.vision)
+    assert_rows_match(manual, real, vision_keys=["pixel_values"])
     tiles = [manual.encode(it, for_generation=True).vision["pixel_values"].shape[0] for it in ITEMS if it.image]
     assert tiles == [5, 3, 1], "a square image: 2x2 tiles + thumbnail; 2:1 -> 2x1 + thumbnail; one tile alone"
     texts = [real.render(it, with_answer=False) for it in ITEMS]
@@ -587,23 +595,13 @@ def test_onevision_manual_path_equals_llava_onevision_processor(adapter_for):
     manual = adapter_for("llava_onevision")
     processor = _onevision_processor(manual)
     real = type(manual)(manual.model, processor)
+    assert_rows_match(manual, real)
     for item in ITEMS:
-        a, b = manual.encode(item, for_generation=False), real.encode(item, for_generation=False)
-        assert a.input_ids == b.input_ids and a.answer_start == b.answer_start
-        assert sorted(a.vision) == sorted(b.vision)
-        assert all(torch.equal(torch.as_tensor(a.vision[k]), torch.as_tensor(b.vision[k])) for k in a.vision)
+        a = manual.encode(item, for_generation=False)
         assert not manual.render(item, with_answer=True).startswith(manual.render(item, with_answer=False))
         end = manual.tokenizer.convert_tokens_to_ids("<|im_end|>")
         assert a.input_ids[a.answer_start:] == manual.tokenizer(item.answer)["input_ids"] + [end]
-    for item in ITEMS[:2]:
-        content = ([{"type": "image", "image": item.image}] if item.image is not None else [])
-        content.append({"type": "text", "text": item.question})
-        expected = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                                 tokenize=True, return_dict=True, return_tensors="pt")
-        batch = manual.format([item], for_generation=True)
-        assert batch.inputs["input_ids"].tolist() == expected["input_ids"].tolist()
-        if item.image is not None:
-            assert torch.equal(batch.inputs["pixel_values"], expected["pixel_values"])
+    assert_generation_prompts_match(manual, processor, ITEMS[:2], ["pixel_values"])
     with pytest.raises(MMUnlearnError, match="does not extend"):
         manual._answer_tail("<|im_start|>assistant\n", "<|im_start|>user\nred<|im_end|>")
 
@@ -678,23 +676,10 @@ def test_mistral3_manual_path_equals_pixtral_processor(adapter_for):
     processor = _pixtral_processor(manual)
     real = type(manual)(manual.model, processor)
     assert real.image_token == manual.image_token == "[IMG]"
-    for item in ITEMS:
-        a, b = manual.encode(item, for_generation=False), real.encode(item, for_generation=False)
-        assert a.input_ids == b.input_ids and a.answer_start == b.answer_start
-        assert sorted(a.vision) == sorted(b.vision) == ([] if item.image is None else ["image_sizes", "pixel_values"])
-        assert all(torch.equal(torch.as_tensor(a.vision[k]), torch.as_tensor(b.vision[k])) for k in a.vision)
+    assert_rows_match(manual, real, vision_keys=["image_sizes", "pixel_values"])
     sizes = [manual.encode(it, for_generation=True).vision["image_sizes"][0].tolist() for it in ITEMS if it.image]
     assert sizes == [[24, 24], [16, 24], [16, 16]], "longest edge 24, sides rounded up to 8 px (4 px patches x 2)"
-    for item in ITEMS[:3]:
-        content = ([{"type": "image", "image": item.image}] if item.image is not None else [])
-        content.append({"type": "text", "text": item.question})
-        expected = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
-                                                 tokenize=True, return_dict=True, return_tensors="pt")
-        batch = manual.format([item], for_generation=True)
-        assert batch.inputs["input_ids"].tolist() == expected["input_ids"].tolist()
-        if item.image is not None:
-            assert torch.equal(batch.inputs["pixel_values"], expected["pixel_values"])
-            assert torch.equal(batch.inputs["image_sizes"], expected["image_sizes"])
+    assert_generation_prompts_match(manual, processor, ITEMS[:3], ["pixel_values", "image_sizes"])
     texts = [manual.render(it, with_answer=False) for it in ITEMS]
     expected = processor(text=texts, images=[it.image for it in ITEMS if it.image is not None], padding=True,
                          add_special_tokens=False, return_tensors="pt")
