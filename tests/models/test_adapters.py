@@ -66,6 +66,29 @@ def assert_generation_prompts_match(manual: VLMAdapter, processor, items: list[V
             assert torch.equal(batch.inputs[key], expected[key]), key
 
 
+def assert_batched_scores_equal_single_rows(adapter: VLMAdapter, items: list[VLMInput]) -> None:
+    """Answer log-probs of `items` in the adapter's batches equal those of one row per batch."""
+    scores = adapter.answer_logprobs(items)
+    adapter.batch_size, saved = 1, adapter.batch_size
+    try:
+        single = adapter.answer_logprobs(items)
+    finally:
+        adapter.batch_size = saved
+    assert [s.total for s in scores] == pytest.approx([s.total for s in single], abs=1e-4)
+
+
+def bare_processor(cls: type, adapter: VLMAdapter, image_token: str, video_token: str):
+    """A processor of class `cls` over the adapter's tokenizer, image processor and chat template, built without
+    running its constructor (which builds the video processor torchvision is needed for)."""
+    processor = object.__new__(cls)
+    processor.tokenizer, processor.image_processor = adapter.tokenizer, adapter.image_processor
+    processor.chat_template = adapter.chat_template
+    processor.image_token, processor.video_token = image_token, video_token
+    processor.image_token_id = adapter.tokenizer.convert_tokens_to_ids(image_token)
+    processor.video_token_id = adapter.tokenizer.convert_tokens_to_ids(video_token)
+    return processor
+
+
 @pytest.fixture(params=FAMILIES)
 def adapter(request, adapter_for) -> VLMAdapter:
     return adapter_for(request.param)
@@ -315,12 +338,7 @@ def test_qwen_manual_path_equals_qwen2vl_processor(family, adapter_for):
     from transformers import Qwen2VLProcessor
 
     manual = adapter_for(family)
-    processor = object.__new__(Qwen2VLProcessor)
-    processor.tokenizer, processor.image_processor = manual.tokenizer, manual.image_processor
-    processor.chat_template = manual.chat_template
-    processor.image_token, processor.video_token = "<|image_pad|>", "<|video_pad|>"
-    processor.image_token_id = manual.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    processor.video_token_id = manual.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    processor = bare_processor(Qwen2VLProcessor, manual, "<|image_pad|>", "<|video_pad|>")
     real = type(manual)(manual.model, processor)
     assert_rows_match(manual, real)
     image_item = ITEMS[0]
@@ -336,12 +354,7 @@ def test_qwen3_manual_path_equals_qwen3vl_processor(adapter_for):
 
     manual = adapter_for("qwen3_vl")
     tok = manual.tokenizer
-    processor = object.__new__(Qwen3VLProcessor)
-    processor.tokenizer, processor.image_processor = tok, manual.image_processor
-    processor.chat_template = manual.chat_template
-    for name in ("image", "video"):
-        setattr(processor, f"{name}_token", f"<|{name}_pad|>")
-        setattr(processor, f"{name}_token_id", tok.convert_tokens_to_ids(f"<|{name}_pad|>"))
+    processor = bare_processor(Qwen3VLProcessor, manual, "<|image_pad|>", "<|video_pad|>")
     for name in ("start", "end"):
         setattr(processor, f"vision_{name}_token", f"<|vision_{name}|>")
         setattr(processor, f"vision_{name}_token_id", tok.convert_tokens_to_ids(f"<|vision_{name}|>"))
@@ -577,12 +590,7 @@ def _onevision_processor(adapter: VLMAdapter):
     from transformers import LlavaOnevisionProcessor
 
     config = adapter.model.config
-    processor = object.__new__(LlavaOnevisionProcessor)
-    processor.tokenizer, processor.image_processor = adapter.tokenizer, adapter.image_processor
-    processor.chat_template = adapter.chat_template
-    processor.image_token, processor.video_token = "<image>", "<video>"
-    processor.image_token_id = adapter.tokenizer.convert_tokens_to_ids("<image>")
-    processor.video_token_id = adapter.tokenizer.convert_tokens_to_ids("<video>")
+    processor = bare_processor(LlavaOnevisionProcessor, adapter, "<image>", "<video>")
     processor.num_image_tokens = (config.vision_config.image_size // config.vision_config.patch_size) ** 2
     processor.vision_feature_select_strategy = config.vision_feature_select_strategy
     processor.vision_aspect_ratio = config.vision_aspect_ratio
@@ -626,13 +634,7 @@ def test_onevision_placeholders_match_processor_and_model_features(adapter_for):
         with torch.no_grad():
             features = adapter.model.model.get_image_features(**vision).pooler_output
         assert sum(f.shape[0] for f in features) == n
-    scores = adapter.answer_logprobs(items)
-    adapter.batch_size, saved = 1, adapter.batch_size
-    try:
-        alone = adapter.answer_logprobs(items)
-    finally:
-        adapter.batch_size = saved
-    assert [s.total for s in scores] == pytest.approx([s.total for s in alone], abs=1e-4)
+    assert_batched_scores_equal_single_rows(adapter, items)
 
 
 def _pixtral_processor(adapter: VLMAdapter):
@@ -726,10 +728,4 @@ def test_mistral3_placeholders_match_model_features_and_padding_is_cropped(adapt
         both = adapter.model.model.get_image_features(**adapter._collate_vision([small, rows[0]], [0, 0])).pooler_output
     assert [f.shape[0] for f in both] == [1, alone[0].shape[0]] and torch.allclose(both[1], alone[0], atol=1e-5)
     mixed = [it for pair in zip(items, ITEMS * 2) for it in pair]
-    scores = adapter.answer_logprobs(mixed)
-    adapter.batch_size, saved = 1, adapter.batch_size
-    try:
-        single = adapter.answer_logprobs(mixed)
-    finally:
-        adapter.batch_size = saved
-    assert [s.total for s in scores] == pytest.approx([s.total for s in single], abs=1e-4)
+    assert_batched_scores_equal_single_rows(adapter, mixed)
