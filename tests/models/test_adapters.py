@@ -11,6 +11,7 @@ from vlm_fixtures import BUILDERS, make_items
 from mmunlearn.errors import ConfigError, MMUnlearnError
 from mmunlearn.models.adapters import VLMAdapter, VLMInput
 from mmunlearn.models.adapters.gemma3 import Gemma3Adapter
+from mmunlearn.models.adapters.idefics2 import Idefics2Adapter
 from mmunlearn.models.adapters.idefics3 import Idefics3Adapter, SmolVLMAdapter
 from mmunlearn.models.adapters.internvl import InternVLAdapter
 from mmunlearn.models.adapters.llava import LlavaAdapter
@@ -24,7 +25,7 @@ from mmunlearn.models.adapters.qwen3_vl import Qwen3VLAdapter
 FAMILIES = list(BUILDERS)
 EXPECTED_CLASS = {"llava_tiny": LlavaAdapter, "llava15": LlavaAdapter, "llava_next": LlavaNextAdapter,
                   "qwen2_vl": Qwen2VLAdapter, "qwen2_5_vl": Qwen25VLAdapter, "qwen3_vl": Qwen3VLAdapter,
-                  "idefics3": Idefics3Adapter, "smolvlm": SmolVLMAdapter,
+                  "idefics2": Idefics2Adapter, "idefics3": Idefics3Adapter, "smolvlm": SmolVLMAdapter,
                   "mllama": MllamaAdapter, "gemma3": Gemma3Adapter,
                   "llava_onevision": LlavaOnevisionAdapter, "internvl": InternVLAdapter, "mistral3": Mistral3Adapter}
 ITEMS = make_items()
@@ -274,7 +275,7 @@ def test_qwen_freeze_keeps_nested_merger_trainable(model_dir):
     assert not any(p.requires_grad for p in adapter.model.model.visual.blocks.parameters())
 
 
-@pytest.mark.parametrize("family", ["llava_tiny", "llava15", "llava_next", "idefics3", "mllama", "gemma3"])
+@pytest.mark.parametrize("family", ["llava_tiny", "llava15", "llava_next", "idefics2", "idefics3", "mllama", "gemma3"])
 def test_manual_path_equals_processor_path(family, adapter_for):
     """Rows built from tokenizer + PIL image processor match the processor's (what Qwen2-VL/SmolVLM rely on)."""
     full = adapter_for(family)
@@ -292,6 +293,115 @@ def test_smolvlm_manual_rows_match_idefics3_processor(adapter_for):
     smol, idefics = adapter_for("smolvlm"), adapter_for("idefics3")
     for item in ITEMS:
         assert smol.encode(item, for_generation=False).input_ids == idefics.encode(item, False).input_ids
+
+
+def _idefics2_pair(base: VLMAdapter, splitting: bool) -> tuple[VLMAdapter, VLMAdapter]:
+    """Idefics2 adapters over one image processor (`do_image_splitting` as asked): through `Idefics2Processor`,
+    and the manual path. The processor gets a copy of the tokenizer, to which its constructor adds tokens."""
+    import copy
+
+    from transformers import Idefics2ImageProcessorPil, Idefics2Processor
+
+    image_processor = Idefics2ImageProcessorPil(size={"shortest_edge": 8, "longest_edge": 16},
+                                                do_image_splitting=splitting, image_mean=[0.5] * 3,
+                                                image_std=[0.5] * 3)
+    processor = Idefics2Processor(image_processor=image_processor, tokenizer=copy.deepcopy(base.tokenizer),
+                                  image_seq_len=4, chat_template=base.chat_template)
+    full = type(base)(base.model, processor)
+    manual = type(base)(base.model, None, tokenizer=base.tokenizer, image_processor=image_processor,
+                        chat_template=base.chat_template)
+    return full, manual
+
+
+@pytest.mark.parametrize("splitting", [True, False])
+def test_idefics2_manual_path_writes_the_processors_text(splitting, adapter_for, monkeypatch):
+    """With image splitting (4 crops + whole image, 5 views) or without (1 view), the manual path tokenises the
+    very text `Idefics2Processor` does, spaces included (a word glued to the closing fake token gets one: a
+    real tokenizer splits it differently), and gets its ids and pixels."""
+    full, manual = _idefics2_pair(adapter_for("idefics2"), splitting)
+    fake, image = "<fake_token_around_image>", "<image>"
+    seen: list[str] = []
+    call = type(manual.tokenizer).__call__
+
+    def spy(self, text=None, *args, **kwargs):
+        seen.extend([text] if isinstance(text, str) else text)
+        return call(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(type(manual.tokenizer), "__call__", spy)
+    views = 5 if splitting else 1
+    for question in ("what colour is this creature ?", " what colour is this creature ?", "(what) colour ?"):
+        prompt = full.render(VLMInput(ITEMS[2].image, question), with_answer=False)
+        seen.clear()
+        a, b = full._encode_prompt(prompt, ITEMS[2].image), manual._encode_prompt(prompt, ITEMS[2].image)
+        assert len(seen) == 2 and seen[0] == seen[1], seen
+        assert seen[0].count(fake) == views + 1 and seen[0].count(image) == 4 * views
+        assert f"{fake} {question.lstrip()}<end_of_utterance>" in seen[0]
+        assert a[0] == b[0] and sorted(a[1]) == sorted(b[1]) == ["pixel_attention_mask", "pixel_values"]
+        assert all(torch.equal(a[1][k], b[1][k]) for k in a[1])
+        assert a[1]["pixel_values"].shape[1] == views
+    for item in ITEMS:
+        a, b = full.encode(item, for_generation=False), manual.encode(item, for_generation=False)
+        assert a.input_ids == b.input_ids and a.answer_start == b.answer_start
+
+
+def test_idefics2_views_tokens_and_vision_positions_follow_the_model(adapter_for):
+    """Per image: 5 views of 4 latents each, and the vision positions the adapter counts are the patches the
+    tower attends (the model's patch mask); a text-only row of a mixed batch is all-zero views the model drops,
+    and the connector's work over the patches is in the FLOPs."""
+    adapter = adapter_for("idefics2")
+    image_items = [it for it in ITEMS if it.image is not None]
+    counts = adapter.token_counts(image_items)
+    assert [c.image for c in counts] == [20, 20, 20]
+    # 32x32: five 16x16 views; 32x16: five 16x8 views; 16x16: four 8x8 crops + the 16x16 whole image.
+    assert [c.vision_positions for c in counts] == [80, 40, 32]
+    attended: list[int] = []
+    handle = adapter.model.model.vision_model.register_forward_pre_hook(
+        lambda module, args, kwargs: attended.append(int(kwargs["patch_attention_mask"].sum())), with_kwargs=True)
+    try:
+        batch = adapter.format(ITEMS, for_generation=True)
+        with torch.no_grad():
+            features = adapter.model.model.get_image_features(batch.inputs["pixel_values"],
+                                                             batch.inputs["pixel_attention_mask"]).pooler_output
+    finally:
+        handle.remove()
+    assert attended == [sum(c.vision_positions for c in counts)]
+    assert [f.shape[0] for f in features] == [20, 0, 20, 0, 20]
+    assert not batch.inputs["pixel_values"][1].any() and not batch.inputs["pixel_attention_mask"][3].any()
+    connector = adapter.model.model.connector
+    p_tower = sum(p.numel() for p in adapter.model.model.vision_model.parameters())
+    p_connector = sum(p.numel() for p in connector.parameters())
+    p_patch = sum(p.numel() for p in connector.modality_projection.parameters())
+    attn = connector.perceiver_resampler.layers[0].self_attn
+    p_kv = attn.k_proj.weight.numel() + attn.v_proj.weight.numel()
+    for count, flops in zip(counts, adapter.flops(image_items, backward=False)):
+        v, i = count.vision_positions, count.image
+        assert flops.vision == pytest.approx(2.0 * (p_tower * v + p_connector * i + p_patch * (v - i) + p_kv * v))
+    # The fixture's connector lets the image reach the answers (so misplaced pixels would show in other tests).
+    from vlm_fixtures import picture
+
+    other = [VLMInput(picture(50, it.image.size), it.question, it.answer) for it in image_items]
+    for a, b in zip(adapter.answer_logprobs(image_items), adapter.answer_logprobs(other)):
+        assert abs(a.total - b.total) > 1e-3
+
+
+def test_idefics2_shared_prompt_prefill_gives_the_samples_of_separate_rows(adapter_for):
+    """Several samples of one image prompt from one prefill (decoding loop and `generate` alike) equal those of
+    separate rows."""
+    adapter = adapter_for("idefics2")
+    seeds = [[1, 2, 3], [4], [5, 6]]
+    items = ITEMS[:3]
+    assert adapter.shares_prompt_prefill and adapter.drops_finished_rows
+    shared = adapter.sample(items, seeds, max_new_tokens=4, temperature=1.5)
+    try:
+        adapter.drops_finished_rows = False
+        through_generate = adapter.sample(items, seeds, max_new_tokens=4, temperature=1.5)
+        adapter.shares_prompt_prefill = False
+        separate = adapter.sample(items, seeds, max_new_tokens=4, temperature=1.5)
+    finally:
+        for flag in ("drops_finished_rows", "shares_prompt_prefill"):
+            vars(adapter).pop(flag, None)  # back to the class's flags
+    assert [len(t) for t in shared] == [3, 1, 2]
+    assert shared == through_generate == separate
 
 
 def test_mixed_batch_splits_for_non_mixing_family(adapter_for):
@@ -316,7 +426,7 @@ def test_batching_does_not_change_scores(adapter):
     assert torch.allclose(adapter.logit_lens(ITEMS), alone_lens, atol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["llava_tiny", "llava15", "llava_next", "idefics3", "mllama", "gemma3"])
+@pytest.mark.parametrize("family", ["llava_tiny", "llava15", "llava_next", "idefics2", "idefics3", "mllama", "gemma3"])
 def test_generation_prompt_equals_processor_chat_template(family, adapter_for):
     """One row of `format` is what `processor.apply_chat_template(tokenize=True)` gives for that conversation."""
     adapter = adapter_for(family)

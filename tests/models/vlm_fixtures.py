@@ -22,6 +22,10 @@ from transformers import (
     Gemma3ImageProcessorPil,
     Gemma3Processor,
     GotOcr2ImageProcessorPil,
+    Idefics2Config,
+    Idefics2ForConditionalGeneration,
+    Idefics2ImageProcessorPil,
+    Idefics2Processor,
     Idefics3Config,
     Idefics3ForConditionalGeneration,
     Idefics3ImageProcessorPil,
@@ -99,6 +103,14 @@ IDEFICS3_TEMPLATE = (
     "['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if "
     "line['type'] == 'text' %}{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}"
     "{% endfor %}<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
+)
+
+# HuggingFaceM4/idefics2-8b's template: Idefics3's without the BOS (the Mistral tokenizer adds it).
+IDEFICS2_TEMPLATE = (
+    "{% for message in messages %}{{message['role'].capitalize()}}{% if message['content'][0]['type'] == 'image' %}"
+    "{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == 'text' %}"
+    "{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}<end_of_utterance>\n"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
 )
 
 # OpenGVLab/InternVL3-*-hf's ChatML template (no default system turn; the image is `<IMG_CONTEXT>` + newline).
@@ -382,6 +394,49 @@ def build_smolvlm(out: Path) -> Path:
     return out
 
 
+IDEFICS2_SPECIALS = ["<s>", "</s>", "<fake_token_around_image>", "<image>", "<end_of_utterance>"]
+
+
+def build_idefics2(out: Path) -> Path:
+    """Idefics2 with its processor (no torchvision needed): Mistral decoder (pad = `<unk>`, id 0, as the real
+    tokenizer), a 1-layer perceiver of 4 latents per view, image splitting on as in idefics2-8b.
+
+    Views fit 16 px (at least 8 px a side) in 4 px patches: a 32x32 image gives five 16x16 views; 32x16 five
+    views of 16x8; 16x16 four 8x8 crops padded beside the 16x16 whole image.
+    """
+    tok = word_tokenizer(IDEFICS2_SPECIALS, bos="<s>", eos="</s>", pad="<unk>", template=IDEFICS2_TEMPLATE,
+                         add_bos=True)
+    image_processor = Idefics2ImageProcessorPil(size={"shortest_edge": 8, "longest_edge": 16}, do_image_splitting=True,
+                                                **HALF)
+    processor = Idefics2Processor(image_processor=image_processor, tokenizer=tok, image_seq_len=4,
+                                  chat_template=IDEFICS2_TEMPLATE)
+    text = {"model_type": "mistral", "vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 512,
+            "sliding_window": 24, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id,
+            "pad_token_id": tok.pad_token_id, "tie_word_embeddings": False}
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 16, "patch_size": 4}
+    perceiver = {"hidden_size": 32, "resampler_n_latents": 4, "resampler_depth": 1, "resampler_n_heads": 2,
+                 "resampler_head_dim": 8, "num_key_value_heads": 1}
+    config = Idefics2Config(text_config=text, vision_config=vision, perceiver_config=perceiver,
+                            image_token_id=tok.convert_tokens_to_ids("<image>"), tie_word_embeddings=False)
+    _save_random_model(Idefics2ForConditionalGeneration, config, tok, out, seed=10)
+    # The resampler's latents start as ones (every image token of a view alike), and at the initial scale of its
+    # weights its output is the latents' alone (the image moves a logit by 1e-5): larger random values, so the
+    # image reaches the text.
+    model = Idefics2ForConditionalGeneration.from_pretrained(out)
+    torch.manual_seed(11)
+    with torch.no_grad():
+        for name, param in model.model.connector.named_parameters():
+            if name.endswith("latents"):
+                param.normal_(0.0, 1.0)
+            elif param.dim() == 2:
+                param.normal_(0.0, 0.5)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
 MLLAMA_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>",
                    "<|image|>", "<|python_tag|>", "<|finetune_right_pad_id|>"]
 
@@ -520,6 +575,7 @@ BUILDERS = {
     "qwen2_vl": build_qwen2_vl,
     "qwen2_5_vl": build_qwen2_5_vl,
     "qwen3_vl": build_qwen3_vl,
+    "idefics2": build_idefics2,
     "idefics3": build_idefics3,
     "smolvlm": build_smolvlm,
     "mllama": build_mllama,

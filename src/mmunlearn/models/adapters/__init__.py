@@ -5,6 +5,7 @@ Importing this package registers every family module; `load_adapter(path_or_id)`
 
 from mmunlearn.models.adapters import (  # noqa: F401  (registers)
     gemma3,
+    idefics2,
     idefics3,
     internvl,
     llava,
