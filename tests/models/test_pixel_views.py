@@ -12,8 +12,9 @@ from mmunlearn.models.adapters import VLMInput
 from mmunlearn.safety.suites import get_suite
 
 IMAGE_ITEMS = [item for item in make_items() if item.image is not None]
-# Rows of these families hold several views of one image (tiles, crops; InternVL: these images give 5, 3, 1 tiles).
-SEVERAL_VIEWS = {"llava_next", "llava_onevision", "idefics3", "smolvlm", "mllama", "internvl"}
+# Rows of these families hold several views of one image (tiles, crops, Idefics2's split views; InternVL: these
+# images give 5, 3, 1 tiles).
+SEVERAL_VIEWS = {"llava_next", "llava_onevision", "idefics2", "idefics3", "smolvlm", "mllama", "internvl"}
 
 
 def _as_image(view: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> Image.Image:
