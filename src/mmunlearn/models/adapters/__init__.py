@@ -11,6 +11,7 @@ from mmunlearn.models.adapters import (  # noqa: F401  (registers)
     llava_next,
     llava_onevision,
     mllama,
+    paligemma,
     qwen2_vl,
     qwen3_vl,
 )

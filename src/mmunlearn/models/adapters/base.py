@@ -1,8 +1,8 @@
 """One model interface over Hugging Face VLMs: `VLMAdapter`, its records, and the family registry.
 
 The rest of mmunlearn touches a model only through an adapter, so defenses, attacks and metrics are
-written once and run on LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL/2.5-VL/3-VL, Idefics3/SmolVLM, Mllama, Gemma 3
-and InternVL alike. A family is one module under `mmunlearn.models.adapters`, registered by the config's
+written once and run on LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL/2.5-VL/3-VL, Idefics3/SmolVLM, Mllama, Gemma 3,
+InternVL and PaliGemma alike. A family is one module under `mmunlearn.models.adapters`, registered by the config's
 `model_type` (never by matching the model's name), and it holds all family knowledge: module paths, where the final
 norm lives, how image placeholders expand and how vision tensors batch.
 
