@@ -13,7 +13,7 @@ from mmunlearn.models.adapters.base import VLMAdapter, resolve_dtype
 
 def test_known_families_cover_the_issue():
     assert {"llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics2", "idefics3",
-            "smolvlm", "mllama", "gemma3", "internvl", "mistral3"} <= set(known_families())
+            "smolvlm", "mllama", "gemma3", "internvl", "mistral3", "paligemma"} <= set(known_families())
 
 
 def test_unknown_model_type_is_one_line_with_suggestion(tmp_path):

@@ -19,6 +19,7 @@ from mmunlearn.models.adapters.llava_next import LlavaNextAdapter
 from mmunlearn.models.adapters.llava_onevision import LlavaOnevisionAdapter
 from mmunlearn.models.adapters.mistral3 import Mistral3Adapter
 from mmunlearn.models.adapters.mllama import MllamaAdapter
+from mmunlearn.models.adapters.paligemma import PaliGemmaAdapter
 from mmunlearn.models.adapters.qwen2_vl import Qwen2VLAdapter, Qwen25VLAdapter
 from mmunlearn.models.adapters.qwen3_vl import Qwen3VLAdapter
 
@@ -27,7 +28,8 @@ EXPECTED_CLASS = {"llava_tiny": LlavaAdapter, "llava15": LlavaAdapter, "llava_ne
                   "qwen2_vl": Qwen2VLAdapter, "qwen2_5_vl": Qwen25VLAdapter, "qwen3_vl": Qwen3VLAdapter,
                   "idefics2": Idefics2Adapter, "idefics3": Idefics3Adapter, "smolvlm": SmolVLMAdapter,
                   "mllama": MllamaAdapter, "gemma3": Gemma3Adapter,
-                  "llava_onevision": LlavaOnevisionAdapter, "internvl": InternVLAdapter, "mistral3": Mistral3Adapter}
+                  "llava_onevision": LlavaOnevisionAdapter, "internvl": InternVLAdapter, "mistral3": Mistral3Adapter,
+                  "paligemma": PaliGemmaAdapter}
 ITEMS = make_items()
 
 
@@ -135,7 +137,9 @@ def test_format_round_trip(adapter):
 
 def test_text_only_batch_has_no_vision_inputs(adapter):
     batch = adapter.format([it for it in ITEMS if it.image is None], for_generation=True)
-    assert set(batch.inputs) <= {"input_ids", "attention_mask", "mm_token_type_ids"}
+    # Inputs the family derives from the ids are text-side (PaliGemma's prefix-LM token types).
+    text_side = set(adapter._inputs_from_ids(batch.inputs["input_ids"]))
+    assert set(batch.inputs) <= {"input_ids", "attention_mask", "mm_token_type_ids"} | text_side
     assert not (batch.inputs["input_ids"] == adapter.image_token_id).any()
 
 
@@ -275,7 +279,8 @@ def test_qwen_freeze_keeps_nested_merger_trainable(model_dir):
     assert not any(p.requires_grad for p in adapter.model.model.visual.blocks.parameters())
 
 
-@pytest.mark.parametrize("family", ["llava_tiny", "llava15", "llava_next", "idefics2", "idefics3", "mllama", "gemma3"])
+@pytest.mark.parametrize("family", ["llava_tiny", "llava15", "llava_next", "idefics2", "idefics3", "mllama", "gemma3",
+                                    "paligemma"])
 def test_manual_path_equals_processor_path(family, adapter_for):
     """Rows built from tokenizer + PIL image processor match the processor's (what Qwen2-VL/SmolVLM rely on)."""
     full = adapter_for(family)
@@ -839,3 +844,87 @@ def test_mistral3_placeholders_match_model_features_and_padding_is_cropped(adapt
     assert [f.shape[0] for f in both] == [1, alone[0].shape[0]] and torch.allclose(both[1], alone[0], atol=1e-5)
     mixed = [it for pair in zip(items, ITEMS * 2) for it in pair]
     assert_batched_scores_equal_single_rows(adapter, mixed)
+
+
+def test_paligemma_rows_equal_paligemma_processor(adapter_for):
+    """A padded batch of image rows is the processor's, prompt + suffix (ids, mask, token types, labels, pixels),
+    and so is a generation prompt; the built-in layout is the processor's text."""
+    adapter = adapter_for("paligemma")
+    processor = adapter.processor
+    assert processor is not None and not getattr(processor, "chat_template", None)
+    items = [it for it in ITEMS if it.image is not None]
+    expected = processor(text=[it.question for it in items], images=[it.image for it in items],
+                         suffix=[it.answer for it in items], padding=True, return_tensors="pt")
+    batch = adapter.format(items, for_generation=False)
+    for key in ("input_ids", "attention_mask", "token_type_ids", "labels", "pixel_values"):
+        assert torch.equal(batch.inputs[key], expected[key].to(batch.inputs[key].dtype)), key
+    for item in items:
+        row = adapter.encode(item, for_generation=True)
+        alone = processor(text=[adapter.image_token + item.question], images=[item.image], return_tensors="pt")
+        assert row.input_ids == alone["input_ids"][0].tolist()
+        assert row.input_ids.count(adapter.image_token_id) == processor.image_seq_length == 16
+        assert adapter.render(item, with_answer=False) == f"<image><bos>{item.question}\n"
+        assert adapter.render(item, with_answer=True) == f"<image><bos>{item.question}\n{item.answer}<eos>"
+
+
+def test_paligemma_text_only_rows_are_the_prefix_without_image(adapter_for):
+    """The processor refuses a row without an image; the model takes one, written as the processor writes the
+    prefix of an image row, without the image tokens, with the prefix-LM token types."""
+    adapter = adapter_for("paligemma")
+    item = ITEMS[1]
+    with pytest.raises(ValueError, match="images"):
+        adapter.processor(text=[item.question], return_tensors="pt")
+    tok = adapter.tokenizer
+    row = adapter.encode(item, for_generation=False)
+    prefix = tok(f"{tok.bos_token}{item.question}\n", add_special_tokens=False)["input_ids"]
+    assert row.input_ids == prefix + tok(item.answer + tok.eos_token, add_special_tokens=False)["input_ids"]
+    assert row.answer_start == len(prefix) and not row.has_image
+    with_image = adapter.encode(VLMInput(ITEMS[0].image, item.question, item.answer), for_generation=False)
+    assert with_image.input_ids[16:] == row.input_ids
+    batch = adapter.format([item], for_generation=False)
+    assert batch.inputs["token_type_ids"][0].tolist() == [0] * len(prefix) + [1] * (len(row.input_ids) - len(prefix))
+
+
+def test_paligemma_generation_equals_generate_on_processor_inputs(adapter_for):
+    """Greedy answers of image rows are those of `model.generate` on the processor's own inputs."""
+    adapter = adapter_for("paligemma")
+    items = [it for it in ITEMS if it.image is not None]
+    inputs = adapter.processor(text=[it.question for it in items], images=[it.image for it in items], padding=True,
+                               return_tensors="pt")
+    inputs.pop("labels")
+    with torch.no_grad():
+        out = adapter.model.generate(**inputs, max_new_tokens=5, do_sample=False,
+                                     eos_token_id=adapter.stop_token_ids, pad_token_id=adapter.pad_token_id)
+    expected = [adapter._decode(row) for row in out[:, inputs["input_ids"].shape[1]:].tolist()]
+    assert adapter.generate(items, max_new_tokens=5) == expected
+
+
+def test_paligemma_prefix_attention_reaches_every_forward(adapter_for):
+    """The prefix attends both ways through `token_type_ids` (1 on the answer only): they change the scores, a
+    batch run from a layer keeps them (the answer marked), and a text-only generation prompt carries zeros."""
+    adapter = adapter_for("paligemma")
+    batch = adapter.format(ITEMS, for_generation=False)
+    types = batch.inputs["token_type_ids"]
+    assert torch.equal(types.bool(), batch.inputs["labels"] != -100)
+    with torch.no_grad():
+        prefix_lm = adapter.model(**batch.model_inputs()).logits
+        causal = adapter.model(**{k: v for k, v in batch.model_inputs().items() if k != "token_type_ids"}).logits
+    assert not torch.allclose(prefix_lm, causal, atol=1e-4)
+    resumed = adapter.from_layer(batch, 1)
+    assert "pixel_values" not in resumed.inputs and torch.equal(resumed.inputs["token_type_ids"], types)
+    text_only = adapter.format([ITEMS[1]], for_generation=True)
+    assert text_only.inputs["token_type_ids"].sum() == 0
+
+
+def test_paligemma_logit_lens_applies_the_soft_cap(adapter_for):
+    """The Gemma 2 decoder caps its logits; the lens's last layer is the model's output with the cap only."""
+    adapter = adapter_for("paligemma")
+    assert adapter.text_config.final_logit_softcapping == 5.0
+    batch = adapter.format(ITEMS, for_generation=True)
+    with torch.no_grad():
+        out = adapter.model(**batch.model_inputs(), output_hidden_states=True)
+    states = torch.stack(list(out.hidden_states), dim=1)[:, :, -1]
+    final = out.logits[:, -1].float().log_softmax(-1)
+    assert torch.allclose(adapter.lens_logprobs(states, range(3))[:, -1], final, atol=1e-5)
+    uncapped = VLMAdapter.lens_logprobs(adapter, states, range(3))
+    assert not torch.allclose(uncapped[:, -1], final, atol=1e-4)

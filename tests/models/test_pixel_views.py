@@ -47,7 +47,7 @@ def test_image_views_rebuild_the_pixel_values_or_are_refused(family, adapter_for
         assert torch.allclose(back, (torch.round((view * std + mean).clamp(0, 1) * 255) / 255 - mean) / std, atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "gemma3", "llava15", "mistral3"])
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl", "gemma3", "llava15", "mistral3", "paligemma"])
 def test_pgd_raises_the_answer_within_epsilon_on_single_view_families(family, adapter_for):
     """PGD through each family's view of the image: the target answer's log-probability rises, the returned
     8-bit image stays within epsilon of the start, and the model is left as it was."""

@@ -46,6 +46,9 @@ from transformers import (
     MllamaForConditionalGeneration,
     MllamaImageProcessorPil,
     MllamaProcessor,
+    PaliGemmaConfig,
+    PaliGemmaForConditionalGeneration,
+    PaliGemmaProcessor,
     PixtralImageProcessorPil,
     PreTrainedTokenizerFast,
     Qwen2_5_VLConfig,
@@ -55,6 +58,7 @@ from transformers import (
     Qwen2VLImageProcessorPil,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
+    SiglipImageProcessorPil,
     SiglipVisionConfig,
     SmolVLMConfig,
     SmolVLMForConditionalGeneration,
@@ -568,6 +572,36 @@ def build_mistral3(out: Path) -> Path:
     return out
 
 
+PALIGEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>", "<image>", "\n"]
+
+
+def build_paligemma(out: Path) -> Path:
+    """PaliGemma 2: 16 px images of 4 px SigLIP patches (16 image tokens), a Gemma 2 decoder of two layers (one
+    sliding-window, window 6, and one global) whose logits are soft-capped at 5 so that the cap shows.
+
+    `PaliGemmaProcessor` adds its 1152 `<locNNNN>` / `<segNNN>` tokens to the tokenizer, as on the hub, and no
+    chat template: the adapter brings its own layout. The newline the prefix ends with is a token of its own, as
+    in Gemma's vocabulary.
+    """
+    tok = word_tokenizer(PALIGEMMA_SPECIALS, bos="<bos>", eos="<eos>", pad="<pad>", template="", add_bos=True,
+                         extra={"image_token": "<image>"})
+    tok.chat_template = None
+    image_processor = SiglipImageProcessorPil(size={"height": 16, "width": 16}, image_seq_length=16, **HALF)
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tok)
+    text = {"model_type": "gemma2", "vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+            "sliding_window": 6, "layer_types": ["sliding_attention", "full_attention"],
+            "final_logit_softcapping": 5.0, "max_position_embeddings": 512, "bos_token_id": tok.bos_token_id,
+            "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id}
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 16, "patch_size": 4, "vision_use_head": False}
+    config = PaliGemmaConfig(text_config=text, vision_config=vision, projection_dim=32, hidden_size=32,
+                             vocab_size=len(tok), image_token_index=tok.convert_tokens_to_ids("<image>"))
+    _save_random_model(PaliGemmaForConditionalGeneration, config, tok, out, seed=10)
+    processor.save_pretrained(out)
+    return out
+
+
 BUILDERS = {
     "llava_tiny": build_llava_tiny,
     "llava15": build_llava15,
@@ -583,4 +617,5 @@ BUILDERS = {
     "llava_onevision": build_llava_onevision,
     "internvl": build_internvl,
     "mistral3": build_mistral3,
+    "paligemma": build_paligemma,
 }

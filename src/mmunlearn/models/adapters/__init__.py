@@ -13,6 +13,7 @@ from mmunlearn.models.adapters import (  # noqa: F401  (registers)
     llava_onevision,
     mistral3,
     mllama,
+    paligemma,
     qwen2_vl,
     qwen3_vl,
 )

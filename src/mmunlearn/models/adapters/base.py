@@ -2,9 +2,10 @@
 
 The rest of mmunlearn touches a model only through an adapter, so defenses, attacks and metrics are
 written once and run on LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL/2.5-VL/3-VL, Idefics2, Idefics3/SmolVLM,
-Mllama, Gemma 3, InternVL and Mistral 3 alike. A family is one module under `mmunlearn.models.adapters`,
-registered by the config's `model_type` (never by matching the model's name), and it holds all family knowledge:
-module paths, where the final norm lives, how image placeholders expand and how vision tensors batch.
+Mllama, Gemma 3, InternVL, Mistral 3 and PaliGemma alike. A family is one module under
+`mmunlearn.models.adapters`, registered by the config's `model_type` (never by matching the model's name), and
+it holds all family knowledge: module paths, where the final norm lives, how image placeholders expand and how
+vision tensors batch.
 
 Inputs are built row by row (chat template -> prompt ids + vision tensors) and then left-padded into one
 batch. Two ways to build a row, with identical results:
