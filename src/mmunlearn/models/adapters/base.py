@@ -754,13 +754,19 @@ class VLMAdapter(abc.ABC):
 
     def _residual_before_mlp(self, layer: int) -> nn.Module | None:
         """The module whose input is decoder `layer`'s residual after attention, where the MLP's output is
-        added (Llama-style layers: `post_attention_layernorm`); None where the layer is built otherwise."""
-        return dict(self.model.named_modules()).get(f"{self.module_names().layers[layer]}.post_attention_layernorm")
+        added: `post_attention_layernorm` in Llama-style layers; `pre_feedforward_layernorm` in layers that norm
+        the attention and MLP outputs before adding them ("sandwich" norms: Gemma 2 and 3). None where the layer
+        is built otherwise."""
+        path = self.module_names().layers[layer]
+        modules = dict(self.model.named_modules())
+        sandwich = modules.get(f"{path}.pre_feedforward_layernorm")
+        return sandwich if sandwich is not None else modules.get(f"{path}.post_attention_layernorm")
 
     def _mlp_output(self, layer: int, down_output: torch.Tensor) -> torch.Tensor:
-        """What decoder `layer` adds to its residual from its down-projection's output: the output itself in
-        Llama-style layers; families that norm the MLP's output first (Gemma 3) apply that norm here."""
-        return down_output
+        """What decoder `layer` adds to its residual from its down-projection's output: the output itself, or
+        its `post_feedforward_layernorm` in sandwich-norm layers."""
+        norm = dict(self.model.named_modules()).get(f"{self.module_names().layers[layer]}.post_feedforward_layernorm")
+        return down_output if norm is None else norm(down_output)
 
     def resumes_after_mlp_down(self, layer: int) -> bool:
         """Whether `mlp_down_inputs` and resuming above them serve decoder `layer` (a layer below the last)."""
@@ -978,7 +984,11 @@ class VLMAdapter(abc.ABC):
         states = states.to(next(norm.parameters()).device)
         skip = torch.tensor([i == last for i in indices], device=states.device)
         normed = torch.where(skip[None, :, None], states, norm(states))
-        return head(normed.to(head.weight.device)).float().log_softmax(-1)
+        return self._lens_logits(head(normed.to(head.weight.device))).float().log_softmax(-1)
+
+    def _lens_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """What the model does to the lm_head's output before its logits (a family's soft-cap), for the lens."""
+        return logits
 
     # ------------------------------------------------------------------ generation
 

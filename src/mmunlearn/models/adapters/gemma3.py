@@ -7,9 +7,9 @@ for every image size: the tower sees a fixed-size resize, pooled to 16 x 16). Pa
 model builds that mask from `token_type_ids` (1 on soft tokens), which the adapter derives from the ids, so it
 also reaches forward passes resumed above the vision tower.
 
-Decoder layers norm the attention and MLP outputs before adding them to the residual ("sandwich" norms), so
-the residual after attention is the input of `pre_feedforward_layernorm` and the MLP adds
-`post_feedforward_layernorm(down_proj(...))`.
+Decoder layers norm the attention and MLP outputs before adding them to the residual ("sandwich" norms): the
+base adapter finds them by name, so a forward resumed above an edited down-projection adds
+`post_feedforward_layernorm(down_proj(...))` to the residual that enters `pre_feedforward_layernorm`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from mmunlearn.models.adapters.base import EncodedRow, VLMAdapter, register_adapter
 
@@ -73,10 +72,3 @@ class Gemma3Adapter(VLMAdapter):
         pixels = torch.as_tensor(vision["pixel_values"])
         patch = int(self.model.config.vision_config.patch_size)
         return int(pixels.shape[0]) * (pixels.shape[-2] // patch) * (pixels.shape[-1] // patch)
-
-    def _residual_before_mlp(self, layer: int) -> nn.Module | None:
-        return dict(self.model.named_modules()).get(f"{self.module_names().layers[layer]}.pre_feedforward_layernorm")
-
-    def _mlp_output(self, layer: int, down_output: torch.Tensor) -> torch.Tensor:
-        norm = self.model.get_submodule(f"{self.module_names().layers[layer]}.post_feedforward_layernorm")
-        return norm(down_output)

@@ -23,7 +23,6 @@ outputs before adding them to the residual ("sandwich" norms), as Gemma 3's do.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -138,28 +137,7 @@ class PaliGemmaAdapter(VLMAdapter):
 
     # ------------------------------------------------------------------ Gemma 2 decoder
 
-    def lens_logprobs(self, states: torch.Tensor, indices: Sequence[int]) -> torch.Tensor:
-        """The base logit lens with the decoder's logit soft-cap (Gemma 2), as the model applies it."""
+    def _lens_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Gemma 2's logit soft-cap, as PaliGemmaForConditionalGeneration applies it."""
         cap = getattr(self.text_config, "final_logit_softcapping", None)
-        if not cap:
-            return super().lens_logprobs(states, indices)
-        names = self.module_names()
-        norm = self.model.get_submodule(names.final_norm)
-        head = self.model.get_output_embeddings()
-        last = self.num_layers if self._last_is_normed else None
-        states = states.to(next(norm.parameters()).device)
-        skip = torch.tensor([i == last for i in indices], device=states.device)
-        normed = torch.where(skip[None, :, None], states, norm(states))
-        logits = head(normed.to(head.weight.device))
-        return (torch.tanh(logits / cap) * cap).float().log_softmax(-1)
-
-    def _residual_before_mlp(self, layer: int) -> nn.Module | None:
-        # Gemma 2: sandwich norms (the residual after attention enters `pre_feedforward_layernorm`); Gemma: Llama-style.
-        path = self.module_names().layers[layer]
-        modules = dict(self.model.named_modules())
-        sandwich = modules.get(f"{path}.pre_feedforward_layernorm")
-        return sandwich if sandwich is not None else modules.get(f"{path}.post_attention_layernorm")
-
-    def _mlp_output(self, layer: int, down_output: torch.Tensor) -> torch.Tensor:
-        norm = dict(self.model.named_modules()).get(f"{self.module_names().layers[layer]}.post_feedforward_layernorm")
-        return down_output if norm is None else norm(down_output)
+        return torch.tanh(logits / cap) * cap if cap else logits
