@@ -389,26 +389,6 @@ def test_idefics2_views_tokens_and_vision_positions_follow_the_model(adapter_for
         assert abs(a.total - b.total) > 1e-3
 
 
-def test_idefics2_shared_prompt_prefill_gives_the_samples_of_separate_rows(adapter_for):
-    """Several samples of one image prompt from one prefill (decoding loop and `generate` alike) equal those of
-    separate rows."""
-    adapter = adapter_for("idefics2")
-    seeds = [[1, 2, 3], [4], [5, 6]]
-    items = ITEMS[:3]
-    assert adapter.shares_prompt_prefill and adapter.drops_finished_rows
-    shared = adapter.sample(items, seeds, max_new_tokens=4, temperature=1.5)
-    try:
-        adapter.drops_finished_rows = False
-        through_generate = adapter.sample(items, seeds, max_new_tokens=4, temperature=1.5)
-        adapter.shares_prompt_prefill = False
-        separate = adapter.sample(items, seeds, max_new_tokens=4, temperature=1.5)
-    finally:
-        for flag in ("drops_finished_rows", "shares_prompt_prefill"):
-            vars(adapter).pop(flag, None)  # back to the class's flags
-    assert [len(t) for t in shared] == [3, 1, 2]
-    assert shared == through_generate == separate
-
-
 def test_mixed_batch_splits_for_non_mixing_family(adapter_for):
     adapter = adapter_for("mllama")
     with pytest.raises(Exception, match="cannot mix"):

@@ -392,13 +392,19 @@ class VLMAdapter(abc.ABC):
 
     # ------------------------------------------------------------------ formatting
 
-    def render(self, item: VLMInput, with_answer: bool) -> str:
-        """The chat-template text of one item: the generation prompt, or prompt + answer turn."""
+    @staticmethod
+    def _messages(item: VLMInput, with_answer: bool) -> list[dict[str, Any]]:
+        """The item as a chat: a user turn (image first, then the question) and, with the answer, its reply."""
         content: list[dict[str, str]] = [{"type": "image"}] if item.image is not None else []
         content.append({"type": "text", "text": item.question})
-        messages = [{"role": "user", "content": content}]
+        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
         if with_answer:
             messages.append({"role": "assistant", "content": [{"type": "text", "text": item.answer or ""}]})
+        return messages
+
+    def render(self, item: VLMInput, with_answer: bool) -> str:
+        """The chat-template text of one item: the generation prompt, or prompt + answer turn."""
+        messages = self._messages(item, with_answer)
         if self.processor is not None and getattr(self.processor, "chat_template", None):
             return self.processor.apply_chat_template(messages, add_generation_prompt=not with_answer,
                                                       tokenize=False)

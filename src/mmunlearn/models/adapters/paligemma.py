@@ -63,13 +63,8 @@ class PaliGemmaAdapter(VLMAdapter):
 
     def render(self, item: VLMInput, with_answer: bool) -> str:
         """The processor's text: the prefix, or prefix + answer + EOS (tokenised apart, see `_encode_uncached`)."""
-        content: list[dict[str, str]] = [{"type": "image"}] if item.image is not None else []
-        content.append({"type": "text", "text": item.question})
-        messages = [{"role": "user", "content": content}]
-        if with_answer:
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": item.answer or ""}]})
-        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, tokenize=False,
-                                                  image_token=self.image_token)
+        return self.tokenizer.apply_chat_template(self._messages(item, with_answer), chat_template=self.chat_template,
+                                                  tokenize=False, image_token=self.image_token)
 
     def _encode_prompt(self, prompt: str, image: Image.Image | None) -> tuple[list[int], dict[str, Any]]:
         # Always tokenizer + image processor: the processor adds BOS and newline itself and refuses text-only rows.
