@@ -193,8 +193,7 @@ def check_embedded_layers(cfg: DictConfig, attacks: dict[str, Attack], edit: Edi
     n_layers = int(cfg.model.text_layers)
     for attack in attacks.values():
         attack.check_model(n_layers)
-    resolve_layers(tuple(edit.layers) if isinstance(edit.layers, list) else edit.layers, n_layers,
-                   what="unlok.edit.layers")
+    resolve_layers(edit.layers, n_layers, what="unlok.edit.layers")
 
 
 def edit_overrides(cfg: DictConfig, defenses: dict[str, Defense]) -> dict[str, dict[str, Any]]:

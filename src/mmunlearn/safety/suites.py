@@ -855,8 +855,9 @@ class PGDImageSuite(Suite):
     request about "the creature/object in the image". The final iterate is returned as an 8-bit image at the
     processor's resolution, so generation uses the normal path; the log-likelihoods before and after are
     measured on that path. Needs families whose processed image is one view (`VLMAdapter.image_views`: LLaVA-1.5,
-    Gemma 3, Qwen2-VL/2.5-VL/3-VL through their flattened patches, InternVL on one tile; not the tiles or crops
-    of LLaVA-NeXT, Idefics3 or Mllama). Prompts without a `harmful_answer` yield nothing.
+    Gemma 3, Mistral 3, PaliGemma, Qwen2-VL/2.5-VL/3-VL through their flattened patches, InternVL on one tile;
+    not the tiles, crops or views of LLaVA-NeXT/OneVision, Idefics2/3, SmolVLM or Mllama). Prompts without a
+    `harmful_answer` yield nothing.
     """
 
     epsilon: float = 8 / 255

@@ -48,8 +48,7 @@ IGNORE_INDEX = -100
 _TOKEN_ALIGNED = ("input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids")
 
 # Keys a processor returns that belong to the text side; everything else is a vision tensor of the row.
-_TEXT_KEYS = frozenset({"input_ids", "attention_mask", "token_type_ids", "mm_token_type_ids",
-                        "text_replacement_offsets", "offset_mapping"})
+_TEXT_KEYS = frozenset({*_TOKEN_ALIGNED, "text_replacement_offsets", "offset_mapping"})
 
 # End-of-turn markers of the chat formats these families use; those present in a tokenizer's vocabulary
 # stop generation and end the teacher-forced answer (the tokenizer's eos always does too).
@@ -673,8 +672,8 @@ class VLMAdapter(abc.ABC):
                         batch = self.format([items[i] for i in group], for_generation=True)
                     else:
                         text = resume.store.text_batch(mine)
-                        inputs = {**text.inputs, **self._inputs_from_ids(text.inputs["input_ids"])}
-                        batch = VLMBatch(self._to_device(inputs), text.answer_spans, text.has_image)
+                        batch = VLMBatch(self._to_device(self._text_part(text.inputs)), text.answer_spans,
+                                         text.has_image)
                     states = self._states_above_mlp_down(batch, resume.store, mine)
                 elif resume is None:
                     batch = self.format([items[i] for i in group], for_generation=True)
@@ -763,16 +762,19 @@ class VLMAdapter(abc.ABC):
         added: `post_attention_layernorm` in Llama-style layers; `pre_feedforward_layernorm` in layers that norm
         the attention and MLP outputs before adding them ("sandwich" norms: Gemma 2 and 3). None where the layer
         is built otherwise."""
-        path = self.module_names().layers[layer]
-        modules = dict(self.model.named_modules())
-        sandwich = modules.get(f"{path}.pre_feedforward_layernorm")
-        return sandwich if sandwich is not None else modules.get(f"{path}.post_attention_layernorm")
+        sandwich = self._layer_part(layer, "pre_feedforward_layernorm")
+        return sandwich if sandwich is not None else self._layer_part(layer, "post_attention_layernorm")
 
     def _mlp_output(self, layer: int, down_output: torch.Tensor) -> torch.Tensor:
         """What decoder `layer` adds to its residual from its down-projection's output: the output itself, or
         its `post_feedforward_layernorm` in sandwich-norm layers."""
-        norm = dict(self.model.named_modules()).get(f"{self.module_names().layers[layer]}.post_feedforward_layernorm")
+        norm = self._layer_part(layer, "post_feedforward_layernorm")
         return down_output if norm is None else norm(down_output)
+
+    def _layer_part(self, layer: int, name: str) -> nn.Module | None:
+        """Decoder `layer`'s direct submodule `name`, or None where the layer has none."""
+        part = getattr(self._decoder_layer(layer), name, None)
+        return part if isinstance(part, nn.Module) else None
 
     def resumes_after_mlp_down(self, layer: int) -> bool:
         """Whether `mlp_down_inputs` and resuming above them serve decoder `layer` (a layer below the last)."""

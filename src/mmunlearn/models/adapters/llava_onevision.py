@@ -15,6 +15,7 @@ with `<|im_start|>assistant\\n`; the teacher-forced answer is what follows eithe
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import torch
@@ -63,11 +64,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
         """The answer turn's header may differ from the generation prompt's in whitespace only (`assistant \\n`
         vs `assistant\\n`): the answer is what follows the header, after the generation prompt."""
         if not full.startswith(prompt):
-            common = 0
-            for a, b in zip(prompt, full):
-                if a != b:
-                    break
-                common += 1
+            common = len(os.path.commonprefix([prompt, full]))
             if common and not prompt[common:].strip():
                 full = prompt + full[common:].lstrip()
         return super()._answer_tail(prompt, full)
