@@ -128,3 +128,28 @@ def test_a_runs_peak_memory_is_its_own_not_the_largest_run_before_it(micro_adapt
         trainer.train(get_method("npo"), UnlearnData(forget=rows, normal=rows))
         editor.restore()
     assert trainer.compute.memory_kind == "peak RSS of the run" and trainer.compute.peak_memory_mb < before - 150
+
+
+def test_checkpoints_see_the_model_mid_training_and_change_nothing(micro_adapter, micro_benchmark):
+    rows = _rows(micro_benchmark)
+    data = UnlearnData(forget=rows[:4], normal=rows[4:], random_answers=["berries", "owls"])
+    config = EditConfig(modules=("q", "v", "down"), layers="all", rank=2, lr=0.01)
+    seen: list[tuple[int, bool, bool, float]] = []
+    runs = {}
+    with Editor(micro_adapter, config) as editor:
+        for name, checkpoints in (("plain", ()), ("checkpoints", (1, 2))):
+            trainer = UnlearnTrainer(micro_adapter, editor, TrainSettings(steps=3, batch_size=2, lr=0.01))
+
+            def look(step: int) -> None:
+                model = micro_adapter.model
+                torch.rand(3)  # an evaluation that draws random numbers must not move the training's
+                seen.append((step, model.training, any(p.requires_grad for p in model.parameters()),
+                             float(sum(p.detach().abs().sum() for p in editor.trainable))))
+
+            losses = trainer.train(get_method("yao"), data, checkpoints=checkpoints, on_checkpoint=look)
+            runs[name] = (losses, [p.detach().clone() for p in editor.trainable])
+            editor.restore()
+    assert runs["checkpoints"][0] == runs["plain"][0]
+    assert all(torch.equal(a, b) for a, b in zip(runs["checkpoints"][1], runs["plain"][1]))
+    assert [(s, training, grads) for s, training, grads, _ in seen] == [(1, False, False), (2, False, False)]
+    assert seen[0][3] != seen[1][3]  # the weights as trained so far, not the start or the end

@@ -82,3 +82,35 @@ def test_save_runs_names_trained_runs(tmp_path, runs, message, capsys):
                  "paths.cache_dir=/nonexistent"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_eval_steps_add_checkpoints_and_leave_the_final_evaluation_as_it_was(tmp_path, micro_overrides, capsys):
+    common = [*micro_overrides, *FAST, f"paths.cache_dir={tmp_path}/c", "safety.train.steps=3",
+              "safety.runs=[base,textual_unlearning]", "safety.suites=[text,figstep,pgd_image]"]
+    assert main(["safety", "run", "--out", str(tmp_path / "plain"), *common]) == 0, capsys.readouterr().err
+    assert main(["safety", "run", "--out", str(tmp_path / "ck"), *common, "safety.eval_steps=[1,2]"]) == 0, \
+        capsys.readouterr().err
+    plain, ck = tmp_path / "plain", tmp_path / "ck"
+    assert (ck / "samples.jsonl").read_bytes() == (plain / "samples.jsonl").read_bytes()  # training unchanged
+    summary, before = (json.loads((d / "summary.json").read_text()) for d in (ck, plain))
+    checkpoints = summary.pop("checkpoints")
+    assert summary == before and not (plain / "checkpoints.jsonl").exists()
+    rows = [json.loads(line) for line in (ck / "checkpoints.jsonl").read_text().splitlines()]
+    assert {(r["run"], r["step"]) for r in rows} == {("textual_unlearning", 1), ("textual_unlearning", 2)}
+    assert {r["suite"] for r in rows if r["type"] == "attack"} == {"text", "figstep", "pgd_image"}
+    assert checkpoints["steps"] == [0, 1, 2, 3]
+    for judge, entries in checkpoints["asr"].items():  # step 0 is the base model, the last step the main table
+        by_step = {(e["run"], e["step"], e["suite"]): e["mean"] for e in entries}
+        final = {(e["run"], e["suite"]): e["mean"] for e in before["asr"][judge]}
+        assert {(r, s): m for (r, t, s), m in by_step.items() if t in (0, 3)} == final
+        assert {(r, t) for r, t, _ in by_step} == {("base", 0), *(("textual_unlearning", t) for t in (1, 2, 3))}
+    assert "## Over training" in (ck / "report.md").read_text()
+
+
+@pytest.mark.parametrize("steps", ["[0]", "[30]", "[5,3]", "[5,5]"])
+def test_eval_steps_outside_the_training_are_one_line_errors(tmp_path, steps, capsys):
+    code = main(["safety", "run", "--out", str(tmp_path / "never"), f"safety.eval_steps={steps}",
+                 "paths.cache_dir=/nonexistent"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "config safety.eval_steps: expected increasing step counts from 1 to safety.train.steps - 1 = 29" in err[0]

@@ -19,6 +19,7 @@ from PIL import Image
 from synthetic_run import DEFENSES, RANK_BASE, make_run
 
 from mmunlearn.errors import DataError
+from mmunlearn.experiments.safety_summary import summarize_checkpoints
 from mmunlearn.metrics.bootstrap import Estimate
 from mmunlearn.report.plots import all_plots, lens_ranks
 from mmunlearn.report.run_store import RunStore
@@ -197,3 +198,56 @@ def test_missing_or_corrupt_files_give_one_line_data_error(run_dir: Path, case: 
 def test_missing_run_dir(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="run directory not found"):
         RunStore(tmp_path / "nope")
+
+
+# ---------------------------------------------------------------------- over training (safety.eval_steps)
+
+
+def _with_checkpoints(run: Path) -> Path:
+    """The synthetic safety track as if `safety.eval_steps=[10]` of 20 had run: at step 10 the unlearned run
+    was still as harmful as the base model, and its first utility question already wrong."""
+    track = run / "safety"
+    rows = [json.loads(line) for line in (track / "samples.jsonl").read_text().splitlines()]
+    base = {(r["suite"], r["prompt"]): r for r in rows if r["type"] == "attack" and r["run"] == "base"}
+    at_10 = [{**base[(r["suite"], r["prompt"])], "run": r["run"], "step": 10} for r in rows
+             if r["type"] == "attack" and r["run"] != "base"]
+    at_10 += [{**r, "step": 10, "correct": 0.0} for r in rows if r["type"] == "utility" and r["run"] != "base"]
+    summary = json.loads((track / "summary.json").read_text())
+    summary["checkpoints"] = summarize_checkpoints(rows, at_10, ["base", "unlearn_mm"], ["text_only", "figstep"],
+                                                   ["keyword", "oracle"], last_step=20)
+    (track / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_checkpoint_tables_and_plot(run_dir: Path, tmp_path: Path) -> None:
+    store = RunStore(_with_checkpoints(run_dir))
+    tables = {t.name: t for t in all_tables(store)}
+    assert [n for n in tables if "checkpoints" in n] == ["safety_checkpoints_asr_keyword",
+                                                         "safety_checkpoints_asr_oracle", "safety_checkpoints_utility"]
+    asr = tables["safety_checkpoints_asr_keyword"].markdown().splitlines()
+    assert asr[0] == "| run @ step \\ suite | text_only | figstep |"
+    assert [line.split(" | ")[0] for line in asr[2:]] == ["| base @ 0", "| unlearn_mm @ 10", "| unlearn_mm @ 20"]
+    # keyword verdicts (HARMFUL): base 2/3 and 3/3; the run at step 10 = base; at step 20 its own 1/3 and 1/3
+    assert asr[3] == asr[2].replace("base @ 0", "unlearn_mm @ 10")
+    assert asr[4].startswith("| unlearn_mm @ 20 | 0.33 [") and asr[2].startswith("| base @ 0 | 0.67 [")
+    utility = tables["safety_checkpoints_utility"].markdown().splitlines()
+    assert utility[3].startswith("| unlearn_mm @ 10 | 0.00 [0.00, 0.00] | 0.00 [0.00, 0.00] |")
+    assert utility[4].startswith("| unlearn_mm @ 20 | 0.50 [")
+    plots = {p.name: p for p in all_plots(store, tmp_path / "plots")}
+    with Image.open(plots["safety_checkpoints"].path) as image:
+        assert image.size[0] > 300 and len(set(image.convert("L").getdata())) > 10
+
+
+def test_a_run_without_checkpoints_has_no_such_table_or_plot(run_dir: Path, tmp_path: Path) -> None:
+    store = RunStore(run_dir)
+    assert store.safety is not None and store.safety.checkpoints() == ({}, {})
+    assert "safety_checkpoints" not in [p.name for p in all_plots(store, tmp_path / "plots")]
+
+
+def test_malformed_checkpoints_are_a_one_line_data_error(run_dir: Path) -> None:
+    path = _with_checkpoints(run_dir) / "safety" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["checkpoints"]["utility"][0]["step"] = "ten"
+    path.write_text(json.dumps(summary))
+    with pytest.raises(DataError, match=r"field 'checkpoints'\['utility'\]\[0\]: expected an object with run, step"):
+        all_tables(RunStore(run_dir))

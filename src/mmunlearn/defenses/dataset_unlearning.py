@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from mmunlearn.defenses.editor import Editor, training_only
+from mmunlearn.defenses.editor import Editor, paused_training, training_only
 from mmunlearn.errors import ConfigError
 from mmunlearn.models.adapters.base import VLMAdapter, VLMBatch, VLMInput
 from mmunlearn.registry import Registry
@@ -355,8 +355,14 @@ class UnlearnTrainer:
             yield b
 
     def train(self, method: UnlearnMethod, data: UnlearnData,
-              progress: Callable[[int, float], None] | None = None) -> list[float]:
-        """`settings.steps` AdamW steps on `method`'s loss; returns the losses and fills `self.compute`."""
+              progress: Callable[[int, float], None] | None = None, checkpoints: Sequence[int] = (),
+              on_checkpoint: Callable[[int], None] | None = None) -> list[float]:
+        """`settings.steps` AdamW steps on `method`'s loss; returns the losses and fills `self.compute`.
+
+        After each step count in `checkpoints`, `on_checkpoint(step)` sees the model as trained so far, in eval
+        mode, without parameter gradients and with the random state forked, so the training that follows is the
+        same as without it; its time is not counted in `compute.seconds` (its memory, on the CPU, is in the
+        peak RSS)."""
         if "forget" in method.uses and not data.forget:
             raise ConfigError(f"method {method.name!r} needs forget rows")
         model = self.adapter.model
@@ -372,6 +378,8 @@ class UnlearnTrainer:
             torch.cuda.reset_peak_memory_stats(self.adapter.device)
         own_peak = not on_cuda and _reset_peak_rss()
         losses: list[float] = []
+        wanted = set(checkpoints)
+        paused = 0.0
         start = time.perf_counter()
         try:
             with training_only(model, params), torch.random.fork_rng():
@@ -388,9 +396,14 @@ class UnlearnTrainer:
                     losses.append(float(loss.detach()))
                     if progress is not None:
                         progress(step, losses[-1])
+                    if on_checkpoint is not None and step + 1 in wanted:
+                        t = time.perf_counter()
+                        with paused_training(model), torch.random.fork_rng():
+                            on_checkpoint(step + 1)
+                        paused += time.perf_counter() - t
         finally:
             self._reference_model = None
-        self.compute.seconds = time.perf_counter() - start
+        self.compute.seconds = time.perf_counter() - start - paused
         if on_cuda:
             self.compute.peak_memory_mb = torch.cuda.max_memory_allocated(self.adapter.device) / 2**20
             self.compute.memory_kind = "CUDA max allocated"

@@ -123,6 +123,23 @@ def training_only(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[
             p.requires_grad_(flag)
 
 
+@contextlib.contextmanager
+def paused_training(model: nn.Module) -> Iterator[None]:
+    """Inside `training_only`: eval mode with no parameter gradients (an evaluation between two steps), then the
+    train mode and requires_grad flags as they were."""
+    flags = {p: p.requires_grad for p in model.parameters()}
+    mode = model.training
+    for p in flags:
+        p.requires_grad_(False)
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(mode)
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+
+
 def _fingerprint(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return [t.detach().clone() for t in tensors]
 

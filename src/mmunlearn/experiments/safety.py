@@ -24,7 +24,7 @@ from mmunlearn.defenses.dataset_unlearning import TrainSettings, UnlearnTrainer,
 from mmunlearn.defenses.editor import EditConfig, Editor
 from mmunlearn.errors import ConfigError
 from mmunlearn.experiments.safety_data import SafetyData, build_data, build_real_data, real_data_config
-from mmunlearn.experiments.safety_summary import safety_report, summarize_safety
+from mmunlearn.experiments.safety_summary import safety_report, summarize_checkpoints, summarize_safety
 from mmunlearn.experiments.unlok import tuple_fields
 from mmunlearn.judges import JudgeInput, check_judge, get_judge
 from mmunlearn.judges.base import JUDGES
@@ -75,6 +75,17 @@ class SafetyKeys:
     judge_params: dict[str, Any] | None = None
     data: dict[str, Any] | None = None
     save_runs: list[str] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+
+
+def checkpoint_steps(cfg: DictConfig, settings: TrainSettings) -> tuple[int, ...]:
+    """`safety.eval_steps`: the step counts, before the last, after which every trained run is also evaluated."""
+    steps = _node(cfg, "eval_steps") or []
+    if any(not 1 <= s < settings.steps for s in steps) or list(steps) != sorted(set(steps)):
+        raise ConfigError(f"config safety.eval_steps: expected increasing step counts from 1 to "
+                          f"safety.train.steps - 1 = {settings.steps - 1} (the last step is always evaluated), "
+                          f"got {steps}")
+    return tuple(steps)
 
 
 def run_settings(cfg: DictConfig) -> tuple[list[str], dict[str, Any], dict[str, Any], TrainSettings, EditConfig]:
@@ -111,6 +122,7 @@ def run_settings(cfg: DictConfig) -> tuple[list[str], dict[str, Any], dict[str, 
         edit = EditConfig(lr=settings.lr, steps=settings.steps, seed=settings.seed, **tuple_fields(params))
     except TypeError as exc:
         raise ConfigError(f"config safety.train/params: {exc}") from None
+    checkpoint_steps(cfg, settings)
     return runs, defs, loss_params, settings, edit
 
 
@@ -239,6 +251,7 @@ class SafetyRunner:
         from mmunlearn.experiments.unlok import load_model_by_name
 
         self.runs, self.defs, self.loss_params, self.settings, self.edit_config = run_settings(cfg)
+        self.checkpoints = checkpoint_steps(cfg, self.settings)
         self.suites, judge_classes = suites_and_judges(cfg)
         configured_device(cfg)
         self.data = load_data(cfg)
@@ -260,12 +273,45 @@ class SafetyRunner:
         """Train and evaluate run `index` and save it as a unit."""
         assert self.editor is not None, "use SafetyRunner as a context manager"
         run = self.runs[index]
-        done = _train_and_evaluate(self.adapter, self.editor, run, self.defs[run], self.loss_params, self.settings,
-                                   self.data, self.suites, self.judges, self.max_new_tokens,
-                                   units.dir.parent / "images",
-                                   units.dir.parent / "models" / run if run in self.save_runs else None)
+        done = self._train_and_evaluate(run, units.dir.parent / "images",
+                                        units.dir.parent / "models" / run if run in self.save_runs else None)
         units.save(index, run, done)
         return done
+
+    def _evaluate(self, run: str, images_dir: Path) -> list[dict[str, Any]]:
+        return evaluate(self.adapter, run, self.data, self.suites, self.judges, self.max_new_tokens, images_dir)
+
+    def _train_and_evaluate(self, run: str, images_dir: Path, model_dir: Path | None = None) -> dict[str, Any]:
+        """One unit: train the run from the original weights (none for the base model; evaluated at each of
+        `safety.eval_steps` on the way), save the trained model to `model_dir` when given, evaluate, restore."""
+        assert self.editor is not None
+        spec = self.defs[run]
+        t_run = time.perf_counter()
+        compute, timing = None, {}
+        checkpoints: list[dict[str, Any]] = []
+        if spec is not None:
+            method = get_method(spec["loss"], **(self.loss_params.get(spec["loss"]) or {}))
+            trainer = UnlearnTrainer(self.adapter, self.editor, self.settings)
+            forget = self.data.forget_text if spec["data"] == "text" else self.data.forget_multimodal
+
+            def at_checkpoint(step: int) -> None:
+                checkpoints.extend({**row, "step": step} for row in self._evaluate(run, images_dir))
+
+            losses = trainer.train(method, forget, checkpoints=self.checkpoints, on_checkpoint=at_checkpoint)
+            c = trainer.compute.to_json()
+            timing = {"train_seconds": c.pop("seconds"), "peak_memory_mb": c.pop("peak_memory_mb"),
+                      "memory_kind": c.pop("memory_kind")}
+            compute = {**c, "loss": spec["loss"], "data": spec["data"], "first_loss": losses[0],
+                       "last_loss": losses[-1]}
+        try:
+            if model_dir is not None:  # before the unit is saved: a finished unit's model is always there
+                self.editor.save_merged(model_dir)
+            rows = self._evaluate(run, images_dir)
+        finally:
+            self.editor.restore()
+        timing["seconds"] = time.perf_counter() - t_run
+        return {"rows": rows, "compute": compute, "timing": timing,
+                **({"checkpoints": checkpoints} if self.checkpoints else {})}
 
 
 def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print) -> tuple[dict[str, Any], float]:
@@ -278,6 +324,7 @@ def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = prin
     configured_device(cfg)
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    checkpoint_rows: list[dict[str, Any]] = []
     compute: dict[str, Any] = {}
     timings: dict[str, Any] = {}
     with claimed(out_dir, *track_manifest(cfg, "safety")) as resumed, \
@@ -291,6 +338,7 @@ def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = prin
             if done is None:
                 done = runner.run_unit(i, units)
             rows += done["rows"]
+            checkpoint_rows += done.get("checkpoints", [])
             if done["compute"] is not None:
                 compute[run] = done["compute"]
             timings[run] = done["timing"]
@@ -303,6 +351,10 @@ def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = prin
         log(f"safety: suite(s) {', '.join(empty)} built no attack from these {len(data.attack_set)} requests "
             f"({EMPTY_SUITE_REASON})")
     summary["model"] = runner.adapter.name
+    if runner.checkpoints:
+        summary["checkpoints"] = summarize_checkpoints(rows, checkpoint_rows, runs, list(suites), list(judges),
+                                                       runner.settings.steps, seed=seed)
+        write_jsonl_atomic(out_dir / "checkpoints.jsonl", checkpoint_rows)
     timings["wall_seconds_this_call"] = time.perf_counter() - t0
     write_jsonl_atomic(out_dir / "samples.jsonl", rows)
     write_json_atomic(out_dir / "images.json", {p.stem: f"images/{p.name}"
@@ -316,29 +368,3 @@ def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = prin
                     train_data_fingerprint=data_fingerprint(data.training_rows()))
     return summary, time.perf_counter() - t0
 
-
-def _train_and_evaluate(adapter: VLMAdapter, editor: Editor, run: str, spec: dict[str, Any] | None,
-                        loss_params: dict[str, Any], settings: TrainSettings, data: SafetyData,
-                        suites: dict[str, Any], judges: dict[str, Any], max_new_tokens: int,
-                        images_dir: Path, model_dir: Path | None = None) -> dict[str, Any]:
-    """One unit: train the run from the original weights (none for the base model), save the trained model to
-    `model_dir` when given, evaluate, restore."""
-    t_run = time.perf_counter()
-    compute, timing = None, {}
-    if spec is not None:
-        method = get_method(spec["loss"], **(loss_params.get(spec["loss"]) or {}))
-        trainer = UnlearnTrainer(adapter, editor, settings)
-        forget = data.forget_text if spec["data"] == "text" else data.forget_multimodal
-        losses = trainer.train(method, forget)
-        c = trainer.compute.to_json()
-        timing = {"train_seconds": c.pop("seconds"), "peak_memory_mb": c.pop("peak_memory_mb"),
-                  "memory_kind": c.pop("memory_kind")}
-        compute = {**c, "loss": spec["loss"], "data": spec["data"], "first_loss": losses[0], "last_loss": losses[-1]}
-    try:
-        if model_dir is not None:  # before the unit is saved: a finished unit's model is always there
-            editor.save_merged(model_dir)
-        rows = evaluate(adapter, run, data, suites, judges, max_new_tokens, images_dir)
-    finally:
-        editor.restore()
-    timing["seconds"] = time.perf_counter() - t_run
-    return {"rows": rows, "compute": compute, "timing": timing}

@@ -19,14 +19,15 @@ from mmunlearn.metrics.bootstrap import is_significant, paired_difference_ci
 from mmunlearn.metrics.summary import group_estimates, pivot_markdown
 
 
-def request_asr(rows: Sequence[dict[str, Any]], judge: str) -> list[dict[str, Any]]:
-    """One row per (run, suite, request): the mean verdict over the request's attack variants in that suite."""
-    hits: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+def request_asr(rows: Sequence[dict[str, Any]], judge: str,
+                by: Sequence[str] = ("run", "suite")) -> list[dict[str, Any]]:
+    """One row per (run, suite, request), or per `by` and request: the mean verdict over the request's attack
+    variants there."""
+    hits: dict[tuple[Any, ...], list[float]] = defaultdict(list)
     for r in rows:
         if r["type"] == "attack":
-            hits[(r["run"], r["suite"], r["prompt"])].append(r[f"asr/{judge}"])
-    return [{"run": run, "suite": suite, "prompt": prompt, "asr": sum(v) / len(v)}
-            for (run, suite, prompt), v in hits.items()]
+            hits[(*(r[k] for k in by), r["prompt"])].append(r[f"asr/{judge}"])
+    return [{**dict(zip(by, key[:-1])), "prompt": key[-1], "asr": sum(v) / len(v)} for key, v in hits.items()]
 
 
 def _by_prompt(requests: Sequence[dict[str, Any]], run: str, suite: str) -> dict[str, float]:
@@ -136,6 +137,50 @@ def summarize_safety(rows: Sequence[dict[str, Any]], runs: Sequence[str], suites
             "agreement": agreement, "tables": tables}
 
 
+def summarize_checkpoints(rows: Sequence[dict[str, Any]], checkpoint_rows: Sequence[dict[str, Any]],
+                          runs: Sequence[str], suites: Sequence[str], judges: Sequence[str], last_step: int,
+                          seed: int = 0) -> dict[str, Any]:
+    """ASR (per judge) and utility of every trained run at each evaluated step: the `safety.eval_steps`
+    checkpoints (`checkpoint_rows`, each with its `step`) and the last step (`rows`, the main tables' figures),
+    with the base model as step 0 of every run. Intervals as in `summarize_safety`, over requests / questions."""
+    trained = [r for r in runs if r != "base"]
+    staged = [*({**r, "step": 0} for r in rows if r["run"] == "base"), *checkpoint_rows,
+              *({**r, "step": last_step} for r in rows if r["run"] != "base")]
+    steps = sorted({r["step"] for r in staged})
+    order = [("base", 0)] * ("base" in runs) + [(run, step) for run in trained for step in steps if step]
+
+    def label(run: str, step: int) -> str:
+        return f"{run} @ {step}"
+
+    asr: dict[str, Any] = {}
+    tables: dict[str, str] = {}
+    for judge in judges:
+        est = group_estimates(request_asr(staged, judge, ("run", "step", "suite")), ("run", "step", "suite"), "asr",
+                              seed=seed)
+        asr[judge] = [{"run": r, "step": t, "suite": s, **e.to_json()} for (r, t, s), e in est.items()]
+        tables[f"asr/{judge}"] = pivot_markdown({(label(r, t), s): e for (r, t, s), e in est.items()}, 0, 1,
+                                                row_order=[label(*k) for k in order], col_order=list(suites),
+                                                corner="run @ step \\ suite")
+    utility_rows = [r for r in staged if r["type"] == "utility"]
+    util = group_estimates(utility_rows, ("run", "step", "measure"), "correct", seed=seed)
+    tables["utility"] = pivot_markdown({(label(r, t), m): e for (r, t, m), e in util.items()}, 0, 1,
+                                       row_order=[label(*k) for k in order],
+                                       col_order=list(dict.fromkeys(r["measure"] for r in utility_rows)),
+                                       corner="run @ step")
+    return {"steps": steps, "asr": asr,
+            "utility": [{"run": r, "step": t, "measure": m, **e.to_json()} for (r, t, m), e in util.items()],
+            "tables": tables}
+
+
+def checkpoints_markdown(checkpoints: dict[str, Any], judges: Sequence[str]) -> str:
+    """report.md's section on the runs over training (`safety.eval_steps`)."""
+    tables = checkpoints["tables"]
+    return "\n".join([
+        "## Over training (`safety.eval_steps`; step 0 = the base model)", "",
+        *[f"### Attack success rate, judge `{j}`\n\n{tables[f'asr/{j}']}\n" for j in judges],
+        "### Utility", "", tables["utility"]])
+
+
 def safety_report(summary: dict[str, Any], judges: Sequence[str], runs: Sequence[str], suites: Sequence[str],
                   timings: dict[str, Any]) -> str:
     """report.md: the summary's tables plus the compute table with this machine's wall times."""
@@ -150,4 +195,5 @@ def safety_report(summary: dict[str, Any], judges: Sequence[str], runs: Sequence
         tables["utility"], "", "## Training compute", "", compute_markdown(summary["compute"], timings), "",
         *(["## Judge agreement", "", tables["agreement"], ""] if tables.get("agreement") else []),
         *[f"## ASR change against the base model, judge `{j}` (paired by request; * = CI excludes 0)\n\n"
-          f"{tables[f'changes/{j}']}\n" for j in judges]])
+          f"{tables[f'changes/{j}']}\n" for j in judges],
+        *([checkpoints_markdown(summary["checkpoints"], judges)] if summary.get("checkpoints") else [])])

@@ -224,6 +224,47 @@ def safety_asr_plot(track: SafetyTrack, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _lines(ax: Any, series: dict[Hashable, dict[int, Estimate]]) -> None:
+    """One line per series over its steps, with its 95% CI as a band."""
+    for (name, points), color in zip(series.items(), _colors(len(series))):
+        steps = sorted(points)
+        est = [points[t] for t in steps]
+        ax.plot(steps, [e.mean for e in est], "o-", ms=3, lw=1.2, color=color, label=str(name))
+        ax.fill_between(steps, [e.low for e in est], [e.high for e in est], color=color, alpha=0.15, lw=0)
+    ax.set_ylim(-0.03, 1.03)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+
+
+def safety_checkpoints_plot(track: SafetyTrack, path: Path) -> Path | None:
+    """Per trained run (columns): ASR per suite (first judge) and utility per measure over the training steps
+    evaluated (`safety.eval_steps`), the base model as step 0."""
+    asr, utility = track.checkpoints()
+    if not asr:
+        return None
+    judge = first_seen([*track.judges, *(j for j, _, _, _ in asr)])
+    judge = [j for j in judge if any(k[0] == j for k in asr)][0]
+    runs = [r for r in first_seen([*track.runs, *(r for _, r, _, _ in asr)]) if r != "base"
+            and any(k[1] == r for k in asr)]
+    suites = first_seen([*track.suites, *(s for _, _, _, s in asr)])
+    measures = first_seen(m for _, _, m in utility)
+    fig = Figure(figsize=(max(6.0, 3.2 * len(runs) + 1.8), 6.0), layout="constrained")
+    axes = fig.subplots(2, len(runs), squeeze=False, sharey="row")
+    for col, run in enumerate(runs):
+        ax_asr, ax_util = axes[0, col], axes[1, col]
+        _lines(ax_asr, {s: {t: e for (j, r, t, ss), e in asr.items() if j == judge and ss == s and r in (run, "base")}
+                        for s in suites})
+        _lines(ax_util, {m: {t: e for (r, t, mm), e in utility.items() if mm == m and r in (run, "base")}
+                         for m in measures})
+        ax_asr.set_title(run, fontsize="medium")
+        ax_util.set_xlabel("training step")
+    axes[0, 0].set_ylabel(f"ASR (judge {judge})")
+    axes[1, 0].set_ylabel("utility")
+    axes[0, -1].legend(title="suite", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[1, -1].legend(title="measure", fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _save(fig, path)
+
+
 PLOTS = (
     ("unlok_attack_success", "Attack success per defense",
      "Share of facts each attack recovers, per defense; whiskers are 95% bootstrap CIs over facts; a dot on "
@@ -237,6 +278,10 @@ PLOTS = (
     ("safety_asr", "Safety: ASR per attack suite",
      "Attack success rate per suite before (base) and after each run, per judge; 95% CIs over requests; a dot "
      "on the axis marks 0."),
+    ("safety_checkpoints", "Safety: over training",
+     "Each trained run evaluated after the steps of `safety.eval_steps` and its last step (step 0: the base "
+     "model): ASR per suite by the first judge (top) and utility per measure (bottom), 95% CIs as bands. "
+     "Choosing a step by these figures selects on the evaluation requests themselves."),
 )
 
 
@@ -251,6 +296,7 @@ def all_plots(store: RunStore, out_dir: Path) -> list[Plot]:
     if store.safety is not None:
         safety = store.safety
         draw["safety_asr"] = lambda p: safety_asr_plot(safety, p)
+        draw["safety_checkpoints"] = lambda p: safety_checkpoints_plot(safety, p)
     plots = []
     for name, title, caption in PLOTS:
         if name in draw:

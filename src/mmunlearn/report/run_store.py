@@ -222,6 +222,31 @@ class SafetyTrack(Track):
             out[(e["run"], e["measure"])] = estimate(e, f"{where}[{i}]")
         return out
 
+    def checkpoints(self) -> tuple[dict[tuple[str, str, int, str], Estimate], dict[tuple[str, int, str], Estimate]]:
+        """The runs over training (`safety.eval_steps`), as the runner summarised them: (judge, run, step, suite)
+        -> ASR and (run, step, measure) -> utility; both empty for a run without checkpoints."""
+        section = self.summary.get("checkpoints")
+        if section is None:
+            return {}, {}
+        where = f"{self.root / 'summary.json'}: field 'checkpoints'"
+        if not isinstance(section, dict) or not isinstance(section.get("asr"), dict) \
+                or not isinstance(section.get("utility"), list):
+            raise DataError(f"{where}: expected an object with 'asr' (by judge) and 'utility' lists")
+
+        def item(e: Any, at: str, keys: tuple[str, ...]) -> tuple[tuple[Any, ...], Estimate]:
+            if not isinstance(e, dict) or any(k not in e for k in keys) or not isinstance(e["step"], int):
+                raise DataError(f"{at}: expected an object with {', '.join(keys)} (an integer step) and an estimate")
+            return tuple(e[k] for k in keys), estimate(e, at)
+
+        asr = {}
+        for judge, items in section["asr"].items():
+            for i, e in enumerate(items if isinstance(items, list) else [None]):
+                key, est = item(e, f"{where}['asr'][{judge!r}][{i}]", ("run", "step", "suite"))
+                asr[(judge, *key)] = est
+        utility = dict(item(e, f"{where}['utility'][{i}]", ("run", "step", "measure"))
+                       for i, e in enumerate(section["utility"]))
+        return asr, utility  # type: ignore[return-value]
+
     def compute(self) -> dict[str, dict[str, Any]]:
         compute = self.summary["compute"]
         if not isinstance(compute, dict) or not all(isinstance(v, dict) for v in compute.values()):

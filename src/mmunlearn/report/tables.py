@@ -207,6 +207,33 @@ def utility_table(track: SafetyTrack) -> EstimateTable | None:
                          est, [r for r in rows if any((r, c) in est for c in cols)], cols, corner="run")
 
 
+def checkpoint_label(run: str, step: int) -> str:
+    """A row of the over-training tables: the run and the step its figures were measured after."""
+    return f"{run} @ {step}"
+
+
+def checkpoint_tables(track: SafetyTrack) -> list[EstimateTable]:
+    """ASR per judge and utility of every run at each evaluated step (`safety.eval_steps`; base = step 0)."""
+    asr, utility = track.checkpoints()
+    keys = sorted({(r, t) for _, r, t, _ in asr} | {(r, t) for r, t, _ in utility},
+                  key=lambda k: (k[0] != "base", track.runs.index(k[0]) if k[0] in track.runs else len(track.runs),
+                                 k[1]))
+    rows = [checkpoint_label(*k) for k in keys]
+    tables = []
+    for judge in first_seen(j for j, _, _, _ in asr):
+        est = {(checkpoint_label(r, t), s): e for (j, r, t, s), e in asr.items() if j == judge}
+        cols = first_seen([*track.suites, *(s for _, s in est)])
+        tables.append(EstimateTable(f"safety_checkpoints_asr_{judge}",
+                                    f"Safety over training: attack success rate, judge {judge}",
+                                    n_note(est, "requests"), est, rows, cols, corner="run @ step \\ suite"))
+    if utility:
+        est = {(checkpoint_label(r, t), m): e for (r, t, m), e in utility.items()}
+        tables.append(EstimateTable("safety_checkpoints_utility", "Safety over training: utility",
+                                    n_note(est, "questions"), est, rows, first_seen(m for _, _, m in utility),
+                                    corner="run @ step"))
+    return tables
+
+
 def _compute_cell(value: Any, fmt: str) -> str:
     """A compute value: numbers with `fmt` (integers stay exact), None/NaN as "-", anything else as text."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -268,7 +295,7 @@ def unlok_tables(track: UnlokTrack) -> list[Table]:
 
 def safety_tables(track: SafetyTrack) -> list[Table]:
     tables: list[Table | None] = [*safety_asr_tables(track), asr_change_table(track), utility_table(track),
-                                  compute_table(track), compute_ratio_table(track)]
+                                  compute_table(track), compute_ratio_table(track), *checkpoint_tables(track)]
     return [t for t in tables if t is not None and t.body()]
 
 
