@@ -104,7 +104,11 @@ def test_eval_steps_add_checkpoints_and_leave_the_final_evaluation_as_it_was(tmp
         final = {(e["run"], e["suite"]): e["mean"] for e in before["asr"][judge]}
         assert {(r, s): m for (r, t, s), m in by_step.items() if t in (0, 3)} == final
         assert {(r, t) for r, t, _ in by_step} == {("base", 0), *(("textual_unlearning", t) for t in (1, 2, 3))}
-    assert "## Over training" in (ck / "report.md").read_text()
+    spent = [(c["run"], c["step"], c["flops"]) for c in checkpoints["compute"]]
+    assert [(r, t) for r, t, _ in spent] == [("textual_unlearning", t) for t in (1, 2, 3)]
+    assert 0 < spent[0][2] < spent[1][2] < spent[2][2] == summary["compute"]["textual_unlearning"]["flops"]
+    report = (ck / "report.md").read_text()
+    assert "## Over training" in report and "| textual_unlearning @ 2 |" in report.split("so far")[1]
 
 
 @pytest.mark.parametrize("steps", ["[0]", "[30]", "[5,3]", "[5,5]"])

@@ -213,8 +213,10 @@ def _with_checkpoints(run: Path) -> Path:
              if r["type"] == "attack" and r["run"] != "base"]
     at_10 += [{**r, "step": 10, "correct": 0.0} for r in rows if r["type"] == "utility" and r["run"] != "base"]
     summary = json.loads((track / "summary.json").read_text())
-    summary["checkpoints"] = summarize_checkpoints(rows, at_10, ["base", "unlearn_mm"], ["text_only", "figstep"],
-                                                   ["keyword", "oracle"], last_step=20)
+    summary["checkpoints"] = summarize_checkpoints(
+        rows, at_10, ["base", "unlearn_mm"], ["text_only", "figstep"], ["keyword", "oracle"], last_step=20,
+        compute=summary["compute"], checkpoint_compute={"unlearn_mm": {10: {"text_tokens": 600, "image_tokens": 2400,
+                                                                            "flops": 7.5e11}}})
     (track / "summary.json").write_text(json.dumps(summary))
     return run
 
@@ -222,8 +224,10 @@ def _with_checkpoints(run: Path) -> Path:
 def test_checkpoint_tables_and_plot(run_dir: Path, tmp_path: Path) -> None:
     store = RunStore(_with_checkpoints(run_dir))
     tables = {t.name: t for t in all_tables(store)}
-    assert [n for n in tables if "checkpoints" in n] == ["safety_checkpoints_asr_keyword",
-                                                         "safety_checkpoints_asr_oracle", "safety_checkpoints_utility"]
+    assert [n for n in tables if "checkpoints" in n] == [f"safety_checkpoints_{t}" for t in (
+        "asr_keyword", "asr_oracle", "utility", "compute")]
+    assert tables["safety_checkpoints_compute"].body() == [["unlearn_mm @ 10", "600", "2400", "7.5e+11"],
+                                                           ["unlearn_mm @ 20", "1200", "4800", "1.5e+12"]]
     asr = tables["safety_checkpoints_asr_keyword"].markdown().splitlines()
     assert asr[0] == "| run @ step \\ suite | text_only | figstep |"
     assert [line.split(" | ")[0] for line in asr[2:]] == ["| base @ 0", "| unlearn_mm @ 10", "| unlearn_mm @ 20"]
@@ -244,10 +248,11 @@ def test_a_run_without_checkpoints_has_no_such_table_or_plot(run_dir: Path, tmp_
     assert "safety_checkpoints" not in [p.name for p in all_plots(store, tmp_path / "plots")]
 
 
-def test_malformed_checkpoints_are_a_one_line_data_error(run_dir: Path) -> None:
+@pytest.mark.parametrize("part, field", [("utility", "step"), ("compute", "flops")])
+def test_malformed_checkpoints_are_a_one_line_data_error(run_dir: Path, part: str, field: str) -> None:
     path = _with_checkpoints(run_dir) / "safety" / "summary.json"
     summary = json.loads(path.read_text())
-    summary["checkpoints"]["utility"][0]["step"] = "ten"
+    summary["checkpoints"][part][0][field] = "ten"
     path.write_text(json.dumps(summary))
-    with pytest.raises(DataError, match=r"field 'checkpoints'\['utility'\]\[0\]: expected an object with run, step"):
+    with pytest.raises(DataError, match=rf"field 'checkpoints'\['{part}'\]\[0\]: expected an object with run, "):
         all_tables(RunStore(run_dir))

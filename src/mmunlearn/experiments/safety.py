@@ -289,12 +289,15 @@ class SafetyRunner:
         t_run = time.perf_counter()
         compute, timing = None, {}
         checkpoints: list[dict[str, Any]] = []
+        spent: dict[int, dict[str, Any]] = {}  # training compute up to each checkpoint
         if spec is not None:
             method = get_method(spec["loss"], **(self.loss_params.get(spec["loss"]) or {}))
             trainer = UnlearnTrainer(self.adapter, self.editor, self.settings)
             forget = self.data.forget_text if spec["data"] == "text" else self.data.forget_multimodal
 
             def at_checkpoint(step: int) -> None:
+                c = trainer.compute
+                spent[step] = {"text_tokens": c.text_tokens, "image_tokens": c.image_tokens, "flops": c.flops}
                 checkpoints.extend({**row, "step": step} for row in self._evaluate(run, images_dir))
 
             losses = trainer.train(method, forget, checkpoints=self.checkpoints, on_checkpoint=at_checkpoint)
@@ -311,7 +314,7 @@ class SafetyRunner:
             self.editor.restore()
         timing["seconds"] = time.perf_counter() - t_run
         return {"rows": rows, "compute": compute, "timing": timing,
-                **({"checkpoints": checkpoints} if self.checkpoints else {})}
+                **({"checkpoints": checkpoints, "checkpoint_compute": spent} if self.checkpoints else {})}
 
 
 def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print) -> tuple[dict[str, Any], float]:
@@ -325,6 +328,7 @@ def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = prin
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
     checkpoint_rows: list[dict[str, Any]] = []
+    checkpoint_compute: dict[str, dict[int, dict[str, Any]]] = {}
     compute: dict[str, Any] = {}
     timings: dict[str, Any] = {}
     with claimed(out_dir, *track_manifest(cfg, "safety")) as resumed, \
@@ -339,6 +343,8 @@ def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = prin
                 done = runner.run_unit(i, units)
             rows += done["rows"]
             checkpoint_rows += done.get("checkpoints", [])
+            if done.get("checkpoint_compute"):
+                checkpoint_compute[run] = {int(step): c for step, c in done["checkpoint_compute"].items()}
             if done["compute"] is not None:
                 compute[run] = done["compute"]
             timings[run] = done["timing"]
@@ -353,7 +359,8 @@ def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = prin
     summary["model"] = runner.adapter.name
     if runner.checkpoints:
         summary["checkpoints"] = summarize_checkpoints(rows, checkpoint_rows, runs, list(suites), list(judges),
-                                                       runner.settings.steps, seed=seed)
+                                                       runner.settings.steps, seed=seed,
+                                                       compute=compute, checkpoint_compute=checkpoint_compute)
         write_jsonl_atomic(out_dir / "checkpoints.jsonl", checkpoint_rows)
     timings["wall_seconds_this_call"] = time.perf_counter() - t0
     write_jsonl_atomic(out_dir / "samples.jsonl", rows)

@@ -139,10 +139,13 @@ def summarize_safety(rows: Sequence[dict[str, Any]], runs: Sequence[str], suites
 
 def summarize_checkpoints(rows: Sequence[dict[str, Any]], checkpoint_rows: Sequence[dict[str, Any]],
                           runs: Sequence[str], suites: Sequence[str], judges: Sequence[str], last_step: int,
-                          seed: int = 0) -> dict[str, Any]:
+                          seed: int = 0, compute: dict[str, Any] | None = None,
+                          checkpoint_compute: dict[str, dict[int, dict[str, Any]]] | None = None) -> dict[str, Any]:
     """ASR (per judge) and utility of every trained run at each evaluated step: the `safety.eval_steps`
     checkpoints (`checkpoint_rows`, each with its `step`) and the last step (`rows`, the main tables' figures),
-    with the base model as step 0 of every run. Intervals as in `summarize_safety`, over requests / questions."""
+    with the base model as step 0 of every run. Intervals as in `summarize_safety`, over requests / questions.
+    With the runs' `compute` and `checkpoint_compute` (run -> step -> tokens and FLOPs so far), the training cost
+    up to each step too, so runs can be compared at the step where each reaches an ASR."""
     trained = [r for r in runs if r != "base"]
     staged = [*({**r, "step": 0} for r in rows if r["run"] == "base"), *checkpoint_rows,
               *({**r, "step": last_step} for r in rows if r["run"] != "base")]
@@ -167,9 +170,17 @@ def summarize_checkpoints(rows: Sequence[dict[str, Any]], checkpoint_rows: Seque
                                        row_order=[label(*k) for k in order],
                                        col_order=list(dict.fromkeys(r["measure"] for r in utility_rows)),
                                        corner="run @ step")
+    spent = [{"run": run, "step": step, **{k: c[k] for k in ("text_tokens", "image_tokens", "flops")}}
+             for run in trained for step, c in sorted({**(checkpoint_compute or {}).get(run, {}),
+                                                       **({last_step: compute[run]} if compute and run in compute
+                                                          else {})}.items())]
+    if spent:
+        tables["compute"] = "\n".join(["| run @ step | text tokens | image tokens | FLOPs |", "|---|---|---|---|",
+                                       *(f"| {label(c['run'], c['step'])} | {c['text_tokens']} | "
+                                         f"{c['image_tokens']} | {c['flops']:.3g} |" for c in spent)]) + "\n"
     return {"steps": steps, "asr": asr,
             "utility": [{"run": r, "step": t, "measure": m, **e.to_json()} for (r, t, m), e in util.items()],
-            "tables": tables}
+            "compute": spent, "tables": tables}
 
 
 def checkpoints_markdown(checkpoints: dict[str, Any], judges: Sequence[str]) -> str:
@@ -178,7 +189,8 @@ def checkpoints_markdown(checkpoints: dict[str, Any], judges: Sequence[str]) -> 
     return "\n".join([
         "## Over training (`safety.eval_steps`; step 0 = the base model)", "",
         *[f"### Attack success rate, judge `{j}`\n\n{tables[f'asr/{j}']}\n" for j in judges],
-        "### Utility", "", tables["utility"]])
+        "### Utility", "", tables["utility"],
+        *(["### Training compute so far", "", tables["compute"]] if tables.get("compute") else [])])
 
 
 def safety_report(summary: dict[str, Any], judges: Sequence[str], runs: Sequence[str], suites: Sequence[str],

@@ -247,6 +247,18 @@ class SafetyTrack(Track):
                        for i, e in enumerate(section["utility"]))
         return asr, utility  # type: ignore[return-value]
 
+    def checkpoint_compute(self) -> list[dict[str, Any]]:
+        """Training cost up to each evaluated step (`safety.eval_steps`): run, step, tokens and FLOPs so far."""
+        section = self.summary.get("checkpoints")
+        items = section.get("compute", []) if isinstance(section, dict) else []
+        where = f"{self.root / 'summary.json'}: field 'checkpoints'['compute']"
+        keys = ("run", "step", "text_tokens", "image_tokens", "flops")
+        for i, c in enumerate(items if isinstance(items, list) else [None]):
+            if not isinstance(c, dict) or any(not isinstance(c.get(k), (str if k == "run" else (int, float)))
+                                              for k in keys):
+                raise DataError(f"{where}[{i}]: expected an object with {', '.join(keys)}")
+        return items
+
     def compute(self) -> dict[str, dict[str, Any]]:
         compute = self.summary["compute"]
         if not isinstance(compute, dict) or not all(isinstance(v, dict) for v in compute.values()):

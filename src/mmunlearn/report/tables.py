@@ -212,7 +212,7 @@ def checkpoint_label(run: str, step: int) -> str:
     return f"{run} @ {step}"
 
 
-def checkpoint_tables(track: SafetyTrack) -> list[EstimateTable]:
+def checkpoint_tables(track: SafetyTrack) -> list[Table]:
     """ASR per judge and utility of every run at each evaluated step (`safety.eval_steps`; base = step 0)."""
     asr, utility = track.checkpoints()
     keys = sorted({(r, t) for _, r, t, _ in asr} | {(r, t) for r, t, _ in utility},
@@ -231,6 +231,14 @@ def checkpoint_tables(track: SafetyTrack) -> list[EstimateTable]:
         tables.append(EstimateTable("safety_checkpoints_utility", "Safety over training: utility",
                                     n_note(est, "questions"), est, rows, first_seen(m for _, _, m in utility),
                                     corner="run @ step"))
+    spent = track.checkpoint_compute()
+    if spent:
+        tables.append(PlainTable("safety_checkpoints_compute", "Safety over training: training compute so far",
+                                 "tokens and FLOPs of the training up to each step",
+                                 columns=["run @ step", "text tokens", "image tokens", "FLOPs"],
+                                 cells=[[checkpoint_label(c["run"], c["step"]), _compute_cell(c["text_tokens"], "int"),
+                                         _compute_cell(c["image_tokens"], "int"), _compute_cell(c["flops"], "{:.3g}")]
+                                        for c in spent]))
     return tables
 
 
