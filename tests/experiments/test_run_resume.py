@@ -247,3 +247,18 @@ def test_a_failing_worker_ends_the_command_with_its_message_alone(tmp_path, micr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2 and lines[-1].startswith("mmunlearn: error: worker process: ConfigError"), lines
     assert "pd2" in lines[-1] and "resource_tracker" not in proc.stderr and "leaked" not in proc.stderr
+
+
+def test_checkpoints_come_back_from_worker_processes(tmp_path, micro_overrides):
+    """`safety.eval_steps` with two workers: the checkpoint rows and their compute travel in the units' JSON and
+    give the single-process summary and checkpoints.jsonl."""
+    common = [*micro_overrides, *[o for o in FAST if o != "threads=1"], "safety.eval_steps=[1]",
+              f"paths.cache_dir={tmp_path}/c"]
+    assert main(["run", "--out", str(tmp_path / "one"), *common, "threads=1"]) == 0
+    assert main(["run", "--out", str(tmp_path / "two"), *common, "threads=2", "unlok.workers=2"]) == 0
+    assert json.loads((tmp_path / "two" / "timings.json").read_text())["workers"] == 2
+    for name in ("summary.json", "checkpoints.jsonl", "samples.jsonl"):
+        assert (tmp_path / "two" / "safety" / name).read_bytes() == (tmp_path / "one" / "safety" / name).read_bytes()
+    summary = json.loads((tmp_path / "one" / "safety" / "summary.json").read_text())
+    assert [(c["run"], c["step"]) for c in summary["checkpoints"]["compute"]] == [("textual_unlearning", 1),
+                                                                                 ("textual_unlearning", 2)]
