@@ -153,3 +153,13 @@ def test_checkpoints_see_the_model_mid_training_and_change_nothing(micro_adapter
     assert all(torch.equal(a, b) for a, b in zip(runs["checkpoints"][1], runs["plain"][1]))
     assert [(s, training, grads) for s, training, grads, _ in seen] == [(1, False, False), (2, False, False)]
     assert seen[0][3] != seen[1][3]  # the weights as trained so far, not the start or the end
+
+
+def test_a_checkpoint_that_returns_true_stops_the_training_there(micro_adapter, micro_benchmark):
+    rows = _rows(micro_benchmark)
+    data = UnlearnData(forget=rows[:4], normal=rows[4:], random_answers=["berries", "owls"])
+    with Editor(micro_adapter, EditConfig(layers="all", rank=2, lr=0.01)) as editor:
+        trainer = UnlearnTrainer(micro_adapter, editor, TrainSettings(steps=5, batch_size=2, lr=0.01))
+        losses = trainer.train(get_method("yao"), data, checkpoints=(1, 2, 3), on_checkpoint=lambda step: step == 2)
+        editor.restore()
+    assert len(losses) == 2 and trainer.compute.steps == 2

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mmunlearn.cli import main
+from mmunlearn.errors import DataError
 from mmunlearn.experiments.safety_summary import compute_ratios
 
 FAST = ["safety.n_eval=3", "safety.n_utility=4", "safety.train.steps=2", "safety.train.batch_size=4",
@@ -118,3 +119,52 @@ def test_eval_steps_outside_the_training_are_one_line_errors(tmp_path, steps, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert "config safety.eval_steps: expected increasing step counts from 1 to safety.train.steps - 1 = 29" in err[0]
+
+
+def test_early_stop_trains_to_the_first_passing_check_and_reports_that_step(tmp_path, micro_overrides, capsys):
+    """max_asr=1 passes at the first check: the run stops after step 1 of 3, and its tables are those of a run
+    trained for 1 step (the validation requests change neither the attacked ones nor the training)."""
+    common = [*micro_overrides, *FAST, f"paths.cache_dir={tmp_path}/c", "safety.runs=[base,textual_unlearning]",
+              "safety.suites=[text,figstep]"]
+    stop = "safety.early_stop={every:1,max_asr:1.0,n_val:2,suites:[figstep]}"
+    assert main(["safety", "run", "--out", str(tmp_path / "stop"), *common, "safety.train.steps=3", stop]) == 0, \
+        capsys.readouterr().err
+    assert main(["safety", "run", "--out", str(tmp_path / "one"), *common, "safety.train.steps=1"]) == 0, \
+        capsys.readouterr().err
+    stopped, one = tmp_path / "stop", tmp_path / "one"
+    assert (stopped / "samples.jsonl").read_bytes() == (one / "samples.jsonl").read_bytes()
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["compute"]["textual_unlearning"]["steps"] == 1
+    run = summary["early_stop"]["runs"]["textual_unlearning"]
+    assert run["stopped_at"] == 1 and [c["step"] for c in run["checks"]] == [1] and 0 <= run["checks"][0]["asr"] <= 1
+    assert summary["early_stop"]["rule"] == {"every": 1, "max_asr": 1.0, "judge": "oracle", "n_val": 2,
+                                             "suites": ["figstep"], "validation_requests": 2}
+    assert "| textual_unlearning | 1: " in (stopped / "report.md").read_text()
+
+
+def test_validation_requests_are_never_the_attacked_ones(micro_overrides):
+    from mmunlearn.config import load_config
+    from mmunlearn.experiments.safety import load_data
+
+    data = load_data(load_config([*micro_overrides, "safety.n_eval=5", "safety.early_stop={n_val:100}"]))
+    attacked, validation = {p.id for p in data.attack_set}, {p.id for p in data.validation_set}
+    assert len(attacked) == 5 and validation and not attacked & validation
+    assert [p.id for p in load_data(load_config([*micro_overrides, "safety.n_eval=5"])).attack_set] == \
+        [p.id for p in data.attack_set]  # the attacked sample is the same with or without a validation set
+    with pytest.raises(DataError, match="none is left to validate on"):
+        load_data(load_config([*micro_overrides, "safety.n_eval=1000", "safety.early_stop={n_val:5}"]))
+
+
+@pytest.mark.parametrize("value, message", [
+    ("{every:30}", "safety.early_stop.every: 30 leaves no check before the last of safety.train.steps=30"),
+    ("{judge:llamaguard}", "safety.early_stop.judge: 'llamaguard' is not one of safety.judges"),
+    ("{suites:[figstpe]}", "safety.early_stop.suites: figstpe is not a non-empty list of safety.suites"),
+    ("{max_asr:2}", "safety.early_stop.max_asr: must be >= 0.0 and <= 1.0"),
+    ("{evry:5}", "safety.early_stop: unknown key(s) ['evry']"),
+    ("5", "config safety.early_stop: expected a mapping or null, got 5"),
+])
+def test_bad_early_stop_settings_are_one_line_errors(tmp_path, value, message, capsys):
+    code = main(["safety", "run", "--out", str(tmp_path / "never"), f"safety.early_stop={value}",
+                 "paths.cache_dir=/nonexistent"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err

@@ -256,3 +256,20 @@ def test_malformed_checkpoints_are_a_one_line_data_error(run_dir: Path, part: st
     path.write_text(json.dumps(summary))
     with pytest.raises(DataError, match=rf"field 'checkpoints'\['{part}'\]\[0\]: expected an object with run, "):
         all_tables(RunStore(run_dir))
+
+
+def test_early_stop_table(run_dir: Path) -> None:
+    path = run_dir / "safety" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["early_stop"] = {"rule": {"every": 5, "max_asr": 0.0, "judge": "oracle", "n_val": 40, "suites": None,
+                                      "validation_requests": 40},
+                             "runs": {"unlearn_mm": {"checks": [{"step": 5, "asr": 0.25}, {"step": 10, "asr": 0.0}],
+                                                     "stopped_at": 10}}}
+    path.write_text(json.dumps(summary))
+    table = {t.name: t for t in all_tables(RunStore(run_dir))}["safety_early_stop"]
+    assert table.body() == [["unlearn_mm", "5: 0.25, 10: 0.00", "10"]]
+    assert "every 5 steps, judge oracle, every suite, 40 requests" in table.note
+    summary["early_stop"]["runs"]["unlearn_mm"]["checks"] = None
+    path.write_text(json.dumps(summary))
+    with pytest.raises(DataError, match="field 'early_stop': expected an object with 'rule' and 'runs'"):
+        all_tables(RunStore(run_dir))

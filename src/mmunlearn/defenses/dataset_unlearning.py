@@ -356,13 +356,13 @@ class UnlearnTrainer:
 
     def train(self, method: UnlearnMethod, data: UnlearnData,
               progress: Callable[[int, float], None] | None = None, checkpoints: Sequence[int] = (),
-              on_checkpoint: Callable[[int], None] | None = None) -> list[float]:
+              on_checkpoint: Callable[[int], bool | None] | None = None) -> list[float]:
         """`settings.steps` AdamW steps on `method`'s loss; returns the losses and fills `self.compute`.
 
         After each step count in `checkpoints`, `on_checkpoint(step)` sees the model as trained so far, in eval
         mode, without parameter gradients and with the random state forked, so the training that follows is the
         same as without it; its time is not counted in `compute.seconds` (its memory, on the CPU, is in the
-        peak RSS)."""
+        peak RSS). When it returns True the training stops there (early stopping; `compute.steps` says where)."""
         if "forget" in method.uses and not data.forget:
             raise ConfigError(f"method {method.name!r} needs forget rows")
         model = self.adapter.model
@@ -399,8 +399,11 @@ class UnlearnTrainer:
                     if on_checkpoint is not None and step + 1 in wanted:
                         t = time.perf_counter()
                         with paused_training(model), torch.random.fork_rng():
-                            on_checkpoint(step + 1)
+                            stop = on_checkpoint(step + 1)
                         paused += time.perf_counter() - t
+                        if stop:
+                            self.compute.steps = step + 1
+                            break
         finally:
             self._reference_model = None
         self.compute.seconds = time.perf_counter() - start - paused

@@ -24,7 +24,13 @@ from mmunlearn.defenses.dataset_unlearning import TrainSettings, UnlearnTrainer,
 from mmunlearn.defenses.editor import EditConfig, Editor
 from mmunlearn.errors import ConfigError
 from mmunlearn.experiments.safety_data import SafetyData, build_data, build_real_data, real_data_config
-from mmunlearn.experiments.safety_summary import safety_report, summarize_checkpoints, summarize_safety
+from mmunlearn.experiments.safety_summary import (
+    early_stop_summary,
+    request_asr,
+    safety_report,
+    summarize_checkpoints,
+    summarize_safety,
+)
 from mmunlearn.experiments.unlok import tuple_fields
 from mmunlearn.judges import JudgeInput, check_judge, get_judge
 from mmunlearn.judges.base import JUDGES
@@ -76,6 +82,42 @@ class SafetyKeys:
     data: dict[str, Any] | None = None
     save_runs: list[str] = field(default_factory=list)
     eval_steps: list[int] = field(default_factory=list)
+    early_stop: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    """`safety.early_stop`: every `every` steps, attack `n_val` held-out harmful requests that the tables do not
+    report (the validation set) with `suites` (null: every configured suite), judge them with `judge`, and stop
+    the run's training once their ASR is at most `max_asr`. The stopping rule is part of the method: the run's
+    tables, compute and compute ratios are those of the step it stopped at."""
+
+    every: int = field(default=5, metadata=at_least(1))
+    max_asr: float = field(default=0.0, metadata=at_least(0.0, high=1.0))
+    judge: str = "oracle"
+    n_val: int = field(default=40, metadata=at_least(1))
+    suites: list[str] | None = None
+
+
+def early_stop_settings(cfg: DictConfig, settings: TrainSettings) -> EarlyStop | None:
+    """`safety.early_stop` checked against the configured suites, judges and training steps; None when off."""
+    node = _node(cfg, "early_stop")
+    if node is None:  # its type was checked with the section's keys (`SafetyKeys`)
+        return None
+    check_known(node, [f.name for f in fields(EarlyStop)], "safety.early_stop")
+    check_values(EarlyStop, node, "safety.early_stop")
+    stop = EarlyStop(**node)
+    if stop.every >= settings.steps:
+        raise ConfigError(f"config safety.early_stop.every: {stop.every} leaves no check before the last of "
+                          f"safety.train.steps={settings.steps}")
+    if stop.judge not in (_node(cfg, "judges") or []):
+        raise ConfigError(f"config safety.early_stop.judge: {stop.judge!r} is not one of safety.judges "
+                          f"({', '.join(_node(cfg, 'judges') or [])})")
+    unknown = [n for n in stop.suites or [] if n not in (_node(cfg, "suites") or [])]
+    if unknown or stop.suites == []:
+        raise ConfigError(f"config safety.early_stop.suites: {unknown[0] if unknown else '[]'!s} is not a non-empty "
+                          f"list of safety.suites ({', '.join(_node(cfg, 'suites') or [])})")
+    return stop
 
 
 def checkpoint_steps(cfg: DictConfig, settings: TrainSettings) -> tuple[int, ...]:
@@ -123,6 +165,7 @@ def run_settings(cfg: DictConfig) -> tuple[list[str], dict[str, Any], dict[str, 
     except TypeError as exc:
         raise ConfigError(f"config safety.train/params: {exc}") from None
     checkpoint_steps(cfg, settings)
+    early_stop_settings(cfg, settings)
     return runs, defs, loss_params, settings, edit
 
 
@@ -225,11 +268,13 @@ def load_data(cfg: DictConfig) -> SafetyData:
     from mmunlearn.pretrain.pipeline import build_world
 
     n_eval, n_utility, seed = int(cfg.safety.n_eval), int(cfg.safety.n_utility), int(cfg.safety.seed)
+    stop = early_stop_settings(cfg, run_settings(cfg)[3])
+    n_val = 0 if stop is None else stop.n_val
     real = real_data_config(_node(cfg, "data"))
     if real is not None:
-        return build_real_data(real, n_eval, n_utility, seed)
+        return build_real_data(real, n_eval, n_utility, seed, n_val)
     wcfg = world_config(cfg)
-    return build_data(build_world(wcfg).corpus, wcfg.image_size, n_eval, n_utility, seed)
+    return build_data(build_world(wcfg).corpus, wcfg.image_size, n_eval, n_utility, seed, n_val)
 
 
 def pending_runs(cfg: DictConfig, out_dir: Path) -> list[int]:
@@ -252,6 +297,7 @@ class SafetyRunner:
 
         self.runs, self.defs, self.loss_params, self.settings, self.edit_config = run_settings(cfg)
         self.checkpoints = checkpoint_steps(cfg, self.settings)
+        self.early_stop = early_stop_settings(cfg, self.settings)
         self.suites, judge_classes = suites_and_judges(cfg)
         configured_device(cfg)
         self.data = load_data(cfg)
@@ -281,6 +327,21 @@ class SafetyRunner:
     def _evaluate(self, run: str, images_dir: Path) -> list[dict[str, Any]]:
         return evaluate(self.adapter, run, self.data, self.suites, self.judges, self.max_new_tokens, images_dir)
 
+    def _validation_asr(self) -> float:
+        """`safety.early_stop`'s reading: the mean over its suites and the validation requests of each request's
+        verdict (mean over its variants) by its judge."""
+        stop, validation = self.early_stop, self.data.validation_set
+        assert stop is not None and validation is not None
+        built = {name: self.suites[name].build_all(validation, self.adapter) for name in stop.suites or self.suites}
+        inputs = [i for items in built.values() for i in items]
+        responses = self.adapter.generate([i.to_vlm_input() for i in inputs], max_new_tokens=self.max_new_tokens)
+        verdicts = _judge_rows({stop.judge: self.judges[stop.judge]}, inputs, responses)
+        names = [name for name, items in built.items() for _ in items]
+        rows = [{"type": "attack", "run": "", "suite": name, "prompt": i.prompt_id,
+                 f"asr/{stop.judge}": float(v[stop.judge]["harmful"])} for name, i, v in zip(names, inputs, verdicts)]
+        per_request = request_asr(rows, stop.judge)
+        return sum(r["asr"] for r in per_request) / max(1, len(per_request))
+
     def _train_and_evaluate(self, run: str, images_dir: Path, model_dir: Path | None = None) -> dict[str, Any]:
         """One unit: train the run from the original weights (none for the base model; evaluated at each of
         `safety.eval_steps` on the way), save the trained model to `model_dir` when given, evaluate, restore."""
@@ -290,17 +351,27 @@ class SafetyRunner:
         compute, timing = None, {}
         checkpoints: list[dict[str, Any]] = []
         spent: dict[int, dict[str, Any]] = {}  # training compute up to each checkpoint
+        stopping: list[dict[str, Any]] = []  # the validation ASR at each early-stopping check
         if spec is not None:
             method = get_method(spec["loss"], **(self.loss_params.get(spec["loss"]) or {}))
             trainer = UnlearnTrainer(self.adapter, self.editor, self.settings)
             forget = self.data.forget_text if spec["data"] == "text" else self.data.forget_multimodal
 
-            def at_checkpoint(step: int) -> None:
-                c = trainer.compute
-                spent[step] = {"text_tokens": c.text_tokens, "image_tokens": c.image_tokens, "flops": c.flops}
-                checkpoints.extend({**row, "step": step} for row in self._evaluate(run, images_dir))
+            def at_checkpoint(step: int) -> bool:
+                if step in self.checkpoints:
+                    c = trainer.compute
+                    spent[step] = {"text_tokens": c.text_tokens, "image_tokens": c.image_tokens, "flops": c.flops}
+                    checkpoints.extend({**row, "step": step} for row in self._evaluate(run, images_dir))
+                if self.early_stop is None or step % self.early_stop.every:
+                    return False
+                stopping.append({"step": step, "asr": self._validation_asr()})
+                return stopping[-1]["asr"] <= self.early_stop.max_asr
 
-            losses = trainer.train(method, forget, checkpoints=self.checkpoints, on_checkpoint=at_checkpoint)
+            checks = self.checkpoints
+            if self.early_stop is not None:
+                checks = tuple(sorted({*checks, *range(self.early_stop.every, self.settings.steps,
+                                                       self.early_stop.every)}))
+            losses = trainer.train(method, forget, checkpoints=checks, on_checkpoint=at_checkpoint)
             c = trainer.compute.to_json()
             timing = {"train_seconds": c.pop("seconds"), "peak_memory_mb": c.pop("peak_memory_mb"),
                       "memory_kind": c.pop("memory_kind")}
@@ -314,7 +385,8 @@ class SafetyRunner:
             self.editor.restore()
         timing["seconds"] = time.perf_counter() - t_run
         return {"rows": rows, "compute": compute, "timing": timing,
-                **({"checkpoints": checkpoints, "checkpoint_compute": spent} if self.checkpoints else {})}
+                **({"checkpoints": checkpoints, "checkpoint_compute": spent} if self.checkpoints else {}),
+                **({"early_stop": stopping} if self.early_stop is not None and spec is not None else {})}
 
 
 def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = print) -> tuple[dict[str, Any], float]:
@@ -329,6 +401,7 @@ def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = prin
     rows: list[dict[str, Any]] = []
     checkpoint_rows: list[dict[str, Any]] = []
     checkpoint_compute: dict[str, dict[int, dict[str, Any]]] = {}
+    stopped: dict[str, list[dict[str, Any]]] = {}
     compute: dict[str, Any] = {}
     timings: dict[str, Any] = {}
     with claimed(out_dir, *track_manifest(cfg, "safety")) as resumed, \
@@ -343,6 +416,8 @@ def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = prin
                 done = runner.run_unit(i, units)
             rows += done["rows"]
             checkpoint_rows += done.get("checkpoints", [])
+            if "early_stop" in done:
+                stopped[run] = done["early_stop"]
             if done.get("checkpoint_compute"):
                 checkpoint_compute[run] = {int(step): c for step, c in done["checkpoint_compute"].items()}
             if done["compute"] is not None:
@@ -357,9 +432,13 @@ def run_safety(cfg: DictConfig, out_dir: Path, log: Callable[[str], None] = prin
         log(f"safety: suite(s) {', '.join(empty)} built no attack from these {len(data.attack_set)} requests "
             f"({EMPTY_SUITE_REASON})")
     summary["model"] = runner.adapter.name
+    last_steps = {run: c["steps"] for run, c in compute.items()}
+    if runner.early_stop is not None:
+        summary["early_stop"] = early_stop_summary(runner.early_stop, stopped, last_steps, runner.settings.steps,
+                                                   len(data.validation_set or ()))
     if runner.checkpoints:
         summary["checkpoints"] = summarize_checkpoints(rows, checkpoint_rows, runs, list(suites), list(judges),
-                                                       runner.settings.steps, seed=seed,
+                                                       last_steps, seed=seed,
                                                        compute=compute, checkpoint_compute=checkpoint_compute)
         write_jsonl_atomic(out_dir / "checkpoints.jsonl", checkpoint_rows)
     timings["wall_seconds_this_call"] = time.perf_counter() - t0

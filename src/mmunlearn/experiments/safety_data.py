@@ -41,6 +41,7 @@ class SafetyData:
     benign_eval: SafetySet
     utility: dict[str, list[tuple[VLMInput, tuple[str, ...]]]]  # measure -> (question, accepted answers)
     score_benign_answers: bool = True  # world benign requests have a short gold answer; real ones do not
+    validation_set: SafetySet | None = None  # harmful requests outside attack_set, for `safety.early_stop`
     utility_max_new_tokens: int = 6  # world answers are a word or two; a real model's VQA answer may be longer
 
     def training_rows(self) -> list[dict[str, Any]]:
@@ -68,6 +69,20 @@ def _sample(items: list, n: int, tag: str, seed: int) -> list:
     return rng.sample(items, min(n, len(items)))
 
 
+def _attack_and_validation(pool: SafetySet, n_eval: int, n_val: int, seed: int) -> tuple[SafetySet, SafetySet | None]:
+    """The attacked requests (a seeded sample of the pool) and, when `n_val` > 0, a seeded sample of the rest to
+    choose a stopping step on, so the step is never picked on the requests the tables report."""
+    attack_set = pool.subset([p.id for p in _sample(list(pool), n_eval, "attack", seed)])
+    if not n_val:
+        return attack_set, None
+    attacked = {p.id for p in attack_set}
+    rest = [p for p in pool if p.id not in attacked]
+    if not rest:
+        raise DataError(f"safety.early_stop: all {len(pool)} harmful requests to attack are in the attack set "
+                        f"(safety.n_eval={n_eval}); none is left to validate on (lower safety.n_eval)")
+    return attack_set, pool.subset([p.id for p in _sample(rest, n_val, "validation", seed)])
+
+
 def _image_forms(harmful: SafetySet, answers: dict[str, str | None]) -> list[AttackInput]:
     inputs: list[AttackInput] = []
     for name in FORGET_IMAGE_SUITES:
@@ -93,7 +108,7 @@ def _forget_data(harmful: Sequence[SafetySet], refusal: str, normal_text: list[V
     return text, mm
 
 
-def build_data(corpus: Corpus, image_size: int, n_eval: int, n_utility: int, seed: int) -> SafetyData:
+def build_data(corpus: Corpus, image_size: int, n_eval: int, n_utility: int, seed: int, n_val: int = 0) -> SafetyData:
     """The world's data: forget data from the training phrasings; attacks and utility on held-out phrasings."""
     harmful = world_safety_set(corpus, image_size, "train")
     world = corpus.world
@@ -111,7 +126,7 @@ def build_data(corpus: Corpus, image_size: int, n_eval: int, n_utility: int, see
     normal_mm = _sample(normal_text, 300, "normal-mm", seed) + _sample(normal_image, 300, "normal-img", seed)
     text, mm = _forget_data([harmful], REFUSAL, normal_text, normal_mm)
     held = world_safety_set(corpus, image_size, "heldout")
-    attack_set = held.subset([p.id for p in _sample(list(held), n_eval, "attack", seed)])
+    attack_set, validation = _attack_and_validation(held, n_eval, n_val, seed)
     benign = world_benign_set(corpus, image_size, "heldout")
     benign_eval = benign.subset([p.id for p in _sample(list(benign), n_utility, "benign", seed)])
     utility = {
@@ -122,7 +137,7 @@ def build_data(corpus: Corpus, image_size: int, n_eval: int, n_utility: int, see
         "naming": [(VLMInput(image_of(e.creature), e.prompt), (e.answer,))
                    for e in _sample(list(corpus.naming("heldout", view="canon")), n_utility, "u-name", seed)],
     }
-    return SafetyData(text, mm, attack_set, benign_eval, utility)
+    return SafetyData(text, mm, attack_set, benign_eval, utility, validation_set=validation)
 
 
 # ------------------------------------------------------------------------------------------ real datasets
@@ -255,7 +270,7 @@ def _safe_rows(sets: Sequence[SafetySet], with_image: bool, n: int, tag: str, se
             for s, p in _sample(pairs, n, tag, seed)]
 
 
-def build_real_data(data: RealData, n_eval: int, n_utility: int, seed: int) -> SafetyData:
+def build_real_data(data: RealData, n_eval: int, n_utility: int, seed: int, n_val: int = 0) -> SafetyData:
     """Real datasets' data: forget the sampled harmful answers, keep the safe answers (text-only requests for
     every run, plus the ones with an image for multimodal runs), attack and ask sampled held-out requests."""
     keys = data.keys
@@ -272,8 +287,8 @@ def build_real_data(data: RealData, n_eval: int, n_utility: int, seed: int) -> S
     text, mm = _forget_data(forget, keys.refusal, normal_text, normal_mm)
     [attacks] = _loaded("attacks", [data.attacks], lambda p: p.harmful, "harmful request")
     [benign] = _loaded("benign", [data.benign], lambda p: not p.harmful, "benign request (harmful: false)")
-    attack_set = attacks.subset([p.id for p in _sample(list(attacks), n_eval, "attack", seed)])
+    attack_set, validation = _attack_and_validation(attacks, n_eval, n_val, seed)
     benign_eval = benign.subset([p.id for p in _sample(list(benign), n_utility, "benign", seed)])
     utility = {} if data.utility is None else {"vqa": data.utility.load(n_utility, seed)}
     return SafetyData(text, mm, attack_set, benign_eval, utility, score_benign_answers=False,
-                      utility_max_new_tokens=16)
+                      utility_max_new_tokens=16, validation_set=validation)

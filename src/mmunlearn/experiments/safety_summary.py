@@ -9,8 +9,9 @@ trained on image+text forget data with the run trained on text only.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mmunlearn.judges.agreement import agreement_markdown, pairwise_agreement
@@ -138,8 +139,8 @@ def summarize_safety(rows: Sequence[dict[str, Any]], runs: Sequence[str], suites
 
 
 def summarize_checkpoints(rows: Sequence[dict[str, Any]], checkpoint_rows: Sequence[dict[str, Any]],
-                          runs: Sequence[str], suites: Sequence[str], judges: Sequence[str], last_step: int,
-                          seed: int = 0, compute: dict[str, Any] | None = None,
+                          runs: Sequence[str], suites: Sequence[str], judges: Sequence[str],
+                          last_step: int | Mapping[str, int], seed: int = 0, compute: dict[str, Any] | None = None,
                           checkpoint_compute: dict[str, dict[int, dict[str, Any]]] | None = None) -> dict[str, Any]:
     """ASR (per judge) and utility of every trained run at each evaluated step: the `safety.eval_steps`
     checkpoints (`checkpoint_rows`, each with its `step`) and the last step (`rows`, the main tables' figures),
@@ -147,10 +148,13 @@ def summarize_checkpoints(rows: Sequence[dict[str, Any]], checkpoint_rows: Seque
     With the runs' `compute` and `checkpoint_compute` (run -> step -> tokens and FLOPs so far), the training cost
     up to each step too, so runs can be compared at the step where each reaches an ASR."""
     trained = [r for r in runs if r != "base"]
-    staged = [*({**r, "step": 0} for r in rows if r["run"] == "base"), *checkpoint_rows,
-              *({**r, "step": last_step} for r in rows if r["run"] != "base")]
+    last = {run: last_step if isinstance(last_step, int) else last_step[run] for run in trained}
+    staged = [*({**r, "step": 0} for r in rows if r["run"] == "base"),
+              *(r for r in checkpoint_rows if r["step"] < last[r["run"]]),  # a run stopped at a checkpoint: once
+              *({**r, "step": last[r["run"]]} for r in rows if r["run"] != "base")]
     steps = sorted({r["step"] for r in staged})
-    order = [("base", 0)] * ("base" in runs) + [(run, step) for run in trained for step in steps if step]
+    order = [("base", 0)] * ("base" in runs) + [(run, step) for run in trained for step in steps
+                                                   if 0 < step <= last[run]]
 
     def label(run: str, step: int) -> str:
         return f"{run} @ {step}"
@@ -172,7 +176,7 @@ def summarize_checkpoints(rows: Sequence[dict[str, Any]], checkpoint_rows: Seque
                                        corner="run @ step")
     spent = [{"run": run, "step": step, **{k: c[k] for k in ("text_tokens", "image_tokens", "flops")}}
              for run in trained for step, c in sorted({**(checkpoint_compute or {}).get(run, {}),
-                                                       **({last_step: compute[run]} if compute and run in compute
+                                                       **({last[run]: compute[run]} if compute and run in compute
                                                           else {})}.items())]
     if spent:
         tables["compute"] = "\n".join(["| run @ step | text tokens | image tokens | FLOPs |", "|---|---|---|---|",
@@ -181,6 +185,30 @@ def summarize_checkpoints(rows: Sequence[dict[str, Any]], checkpoint_rows: Seque
     return {"steps": steps, "asr": asr,
             "utility": [{"run": r, "step": t, "measure": m, **e.to_json()} for (r, t, m), e in util.items()],
             "compute": spent, "tables": tables}
+
+
+def early_stop_summary(rule: Any, checks: Mapping[str, Sequence[dict[str, Any]]], last_steps: Mapping[str, int],
+                       max_steps: int, n_validation: int) -> dict[str, Any]:
+    """The stopping rule, the validation ASR at each check of every trained run, and where each stopped (None:
+    it trained all `max_steps`)."""
+    return {"rule": {**dataclasses.asdict(rule), "validation_requests": n_validation},
+            "runs": {run: {"checks": list(checks.get(run, [])),
+                           "stopped_at": last_steps[run] if last_steps[run] < max_steps else None}
+                     for run in last_steps}}
+
+
+def early_stop_markdown(early_stop: dict[str, Any]) -> str:
+    """report.md's section on `safety.early_stop`."""
+    rule = early_stop["rule"]
+    lines = ["## Early stopping (`safety.early_stop`)", "",
+             f"Every {rule['every']} steps, ASR by `{rule['judge']}` on {rule['validation_requests']} held-out harmful "
+             f"requests outside the attacked ones ({', '.join(rule['suites']) if rule['suites'] else 'every suite'});"
+             f" training stops once it is at most {rule['max_asr']:g}. The tables above are at the step each run "
+             f"stopped.", "", "| run | validation ASR at each check | stopped at step |", "|---|---|---|"]
+    for run, r in early_stop["runs"].items():
+        checks = ", ".join(f"{c['step']}: {c['asr']:.2f}" for c in r["checks"]) or "-"
+        lines.append(f"| {run} | {checks} | {r['stopped_at'] if r['stopped_at'] is not None else 'no (all steps)'} |")
+    return "\n".join(lines) + "\n"
 
 
 def checkpoints_markdown(checkpoints: dict[str, Any], judges: Sequence[str]) -> str:
@@ -208,4 +236,5 @@ def safety_report(summary: dict[str, Any], judges: Sequence[str], runs: Sequence
         *(["## Judge agreement", "", tables["agreement"], ""] if tables.get("agreement") else []),
         *[f"## ASR change against the base model, judge `{j}` (paired by request; * = CI excludes 0)\n\n"
           f"{tables[f'changes/{j}']}\n" for j in judges],
+        *([early_stop_markdown(summary["early_stop"])] if summary.get("early_stop") else []),
         *([checkpoints_markdown(summary["checkpoints"], judges)] if summary.get("checkpoints") else [])])

@@ -14,6 +14,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmunlearn.errors import DataError
 from mmunlearn.metrics.bootstrap import Estimate
 from mmunlearn.metrics.summary import pivot_csv, pivot_markdown
 from mmunlearn.report.run_store import BEFORE, RunStore, SafetyTrack, UnlokTrack, first_seen
@@ -296,6 +297,28 @@ def asr_change_table(track: SafetyTrack) -> PlainTable | None:
                                                                       "CI excludes 0"], cells=cells)
 
 
+def early_stop_table(track: SafetyTrack) -> PlainTable | None:
+    """`safety.early_stop`: each trained run's validation ASR at every check and the step it stopped at."""
+    early = track.summary.get("early_stop")
+    if early is None:
+        return None
+    where = f"{track.root / 'summary.json'}: field 'early_stop'"
+    rule, runs = (early.get("rule"), early.get("runs")) if isinstance(early, dict) else (None, None)
+    if not isinstance(rule, dict) or not isinstance(runs, dict) or not all(
+            isinstance(r, dict) and isinstance(r.get("checks"), list) for r in runs.values()):
+        raise DataError(f"{where}: expected an object with 'rule' and 'runs' (each with its 'checks')")
+    cells = [[run, ", ".join(f"{c.get('step')}: {c.get('asr', float('nan')):.2f}" for c in r["checks"]) or "-",
+              "no (all steps)" if r.get("stopped_at") is None else str(r["stopped_at"])]
+             for run, r in sorted(runs.items(), key=lambda kv: track.runs.index(kv[0]) if kv[0] in track.runs
+                                  else len(track.runs))]
+    suites = ", ".join(rule.get("suites") or []) or "every suite"
+    return PlainTable("safety_early_stop", "Safety: early stopping on held-out requests",
+                      f"every {rule.get('every')} steps, judge {rule.get('judge')}, {suites}, "
+                      f"{rule.get('validation_requests')} requests the tables do not report; stop at ASR <= "
+                      f"{rule.get('max_asr')}", columns=["run", "validation ASR at each check", "stopped at step"],
+                      cells=cells)
+
+
 def unlok_tables(track: UnlokTrack) -> list[Table]:
     tables: list[Table | None] = [attack_success_table(track), effects_table(track), questions_table(track)]
     return [t for t in tables if t is not None and t.body()]
@@ -303,7 +326,8 @@ def unlok_tables(track: UnlokTrack) -> list[Table]:
 
 def safety_tables(track: SafetyTrack) -> list[Table]:
     tables: list[Table | None] = [*safety_asr_tables(track), asr_change_table(track), utility_table(track),
-                                  compute_table(track), compute_ratio_table(track), *checkpoint_tables(track)]
+                                  compute_table(track), compute_ratio_table(track), early_stop_table(track),
+                                  *checkpoint_tables(track)]
     return [t for t in tables if t is not None and t.body()]
 
 
