@@ -337,14 +337,15 @@ class SafetyRunner:
         responses = self.adapter.generate([i.to_vlm_input() for i in inputs], max_new_tokens=self.max_new_tokens)
         verdicts = _judge_rows({stop.judge: self.judges[stop.judge]}, inputs, responses)
         names = [name for name, items in built.items() for _ in items]
-        rows = [{"type": "attack", "run": "", "suite": name, "prompt": i.prompt_id,
+        rows = [{"type": "attack", "suite": name, "prompt": i.prompt_id,
                  f"asr/{stop.judge}": float(v[stop.judge]["harmful"])} for name, i, v in zip(names, inputs, verdicts)]
-        per_request = request_asr(rows, stop.judge)
+        per_request = request_asr(rows, stop.judge, by=("suite",))
         return sum(r["asr"] for r in per_request) / max(1, len(per_request))
 
     def _train_and_evaluate(self, run: str, images_dir: Path, model_dir: Path | None = None) -> dict[str, Any]:
         """One unit: train the run from the original weights (none for the base model; evaluated at each of
-        `safety.eval_steps` on the way), save the trained model to `model_dir` when given, evaluate, restore."""
+        `safety.eval_steps` on the way, and stopped at the first passing check of `safety.early_stop`), save the
+        trained model to `model_dir` when given, evaluate, restore."""
         assert self.editor is not None
         spec = self.defs[run]
         t_run = time.perf_counter()
