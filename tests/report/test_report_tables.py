@@ -273,3 +273,13 @@ def test_early_stop_table(run_dir: Path) -> None:
     path.write_text(json.dumps(summary))
     with pytest.raises(DataError, match="field 'early_stop': expected an object with 'rule' and 'runs'"):
         all_tables(RunStore(run_dir))
+
+
+def test_compute_rows_follow_the_runs_order_not_the_summary_keys(run_dir: Path) -> None:
+    path = run_dir / "safety" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["compute"] = {"aaa_extra": {**summary["compute"]["unlearn_mm"], "loss": "sft"},
+                          **summary["compute"]}  # keys as sort_keys writes them: not the runs' order
+    path.write_text(json.dumps(summary, sort_keys=True))
+    table = {t.name: t for t in all_tables(RunStore(run_dir))}["safety_compute"]
+    assert [row[0] for row in table.body()] == ["unlearn_mm", "aaa_extra"]

@@ -265,7 +265,8 @@ def compute_table(track: SafetyTrack) -> PlainTable | None:
     if not compute:
         return None
     present = [c for c in COMPUTE_COLUMNS if any(c[0] in v for v in compute.values())]
-    cells = [[run, *(_compute_cell(c.get(key), fmt) for key, _, fmt in present)] for run, c in compute.items()]
+    order = first_seen([*(r for r in track.runs if r in compute), *compute])  # the runs' order, not the JSON's
+    cells = [[run, *(_compute_cell(compute[run].get(key), fmt) for key, _, fmt in present)] for run in order]
     return PlainTable("safety_compute", "Safety: training compute per run", "one training run each",
                       columns=["run", *(label for _, label, _ in present)], cells=cells)
 
