@@ -214,7 +214,8 @@ def _with_checkpoints(run: Path) -> Path:
     at_10 += [{**r, "step": 10, "correct": 0.0} for r in rows if r["type"] == "utility" and r["run"] != "base"]
     summary = json.loads((track / "summary.json").read_text())
     summary["checkpoints"] = summarize_checkpoints(
-        rows, at_10, ["base", "unlearn_mm"], ["text_only", "figstep"], ["keyword", "oracle"], last_step=20,
+        rows, at_10, ["base", "unlearn_mm"], ["text_only", "figstep"], ["keyword", "oracle"],
+        last_step={"unlearn_mm": 20},
         compute=summary["compute"], checkpoint_compute={"unlearn_mm": {10: {"text_tokens": 600, "image_tokens": 2400,
                                                                             "flops": 7.5e11}}})
     (track / "summary.json").write_text(json.dumps(summary))

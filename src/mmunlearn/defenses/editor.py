@@ -107,37 +107,42 @@ def run_from(adapter: VLMAdapter, batch: VLMBatch, config: EditConfig, module_na
 
 
 @contextlib.contextmanager
-def training_only(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
-    """Train mode with gradients for `params` alone; the model's eval mode and requires_grad flags come back."""
+def _gradients_for(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """requires_grad for `params` alone; every parameter's flag comes back afterwards."""
     flags = {p: p.requires_grad for p in model.parameters()}
     for p in flags:
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    model.train()
     try:
         yield
     finally:
-        model.eval()
         for p, flag in flags.items():
             p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def training_only(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Train mode with gradients for `params` alone; the model's eval mode and requires_grad flags come back."""
+    with _gradients_for(model, params):
+        model.train()
+        try:
+            yield
+        finally:
+            model.eval()
 
 
 @contextlib.contextmanager
 def paused_training(model: nn.Module) -> Iterator[None]:
     """Inside `training_only`: eval mode with no parameter gradients (an evaluation between two steps), then the
     train mode and requires_grad flags as they were."""
-    flags = {p: p.requires_grad for p in model.parameters()}
     mode = model.training
-    for p in flags:
-        p.requires_grad_(False)
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(mode)
-        for p, flag in flags.items():
-            p.requires_grad_(flag)
+    with _gradients_for(model, ()):
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(mode)
 
 
 def _fingerprint(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:

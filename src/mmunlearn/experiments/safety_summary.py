@@ -140,15 +140,16 @@ def summarize_safety(rows: Sequence[dict[str, Any]], runs: Sequence[str], suites
 
 def summarize_checkpoints(rows: Sequence[dict[str, Any]], checkpoint_rows: Sequence[dict[str, Any]],
                           runs: Sequence[str], suites: Sequence[str], judges: Sequence[str],
-                          last_step: int | Mapping[str, int], seed: int = 0, compute: dict[str, Any] | None = None,
+                          last_step: Mapping[str, int], seed: int = 0, compute: dict[str, Any] | None = None,
                           checkpoint_compute: dict[str, dict[int, dict[str, Any]]] | None = None) -> dict[str, Any]:
     """ASR (per judge) and utility of every trained run at each evaluated step: the `safety.eval_steps`
-    checkpoints (`checkpoint_rows`, each with its `step`) and the last step (`rows`, the main tables' figures),
-    with the base model as step 0 of every run. Intervals as in `summarize_safety`, over requests / questions.
-    With the runs' `compute` and `checkpoint_compute` (run -> step -> tokens and FLOPs so far), the training cost
-    up to each step too, so runs can be compared at the step where each reaches an ASR."""
+    checkpoints (`checkpoint_rows`, each with its `step`) and each run's last step (`last_step`: where it stopped;
+    `rows`, the main tables' figures), with the base model as step 0 of every run. Intervals as in
+    `summarize_safety`, over requests / questions. With the runs' `compute` and `checkpoint_compute` (run -> step
+    -> tokens and FLOPs so far), the training cost up to each step too, so runs can be compared at the step where
+    each reaches an ASR."""
     trained = [r for r in runs if r != "base"]
-    last = {run: last_step if isinstance(last_step, int) else last_step[run] for run in trained}
+    last = last_step
     staged = [*({**r, "step": 0} for r in rows if r["run"] == "base"),
               *(r for r in checkpoint_rows if r["step"] < last[r["run"]]),  # a run stopped at a checkpoint: once
               *({**r, "step": last[r["run"]]} for r in rows if r["run"] != "base")]

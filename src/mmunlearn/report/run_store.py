@@ -259,6 +259,22 @@ class SafetyTrack(Track):
                 raise DataError(f"{where}[{i}]: expected an object with {', '.join(keys)}")
         return items
 
+    def early_stop(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]] | None:
+        """`safety.early_stop`'s rule and, per trained run, its checks and stopping step; None when it was off."""
+        early = self.summary.get("early_stop")
+        if early is None:
+            return None
+        rule, runs = (early.get("rule"), early.get("runs")) if isinstance(early, dict) else (None, None)
+        if not isinstance(rule, dict) or not isinstance(runs, dict) or not all(
+                isinstance(r, dict) and isinstance(r.get("checks"), list) for r in runs.values()):
+            raise DataError(f"{self.root / 'summary.json'}: field 'early_stop': expected an object with 'rule' and "
+                            f"'runs' (each with its 'checks')")
+        return rule, runs
+
+    def in_run_order(self, names: Sequence[str]) -> list[str]:
+        """`names` in the order the runs were configured (`summary.json` sorts its keys); unknown names last."""
+        return sorted(names, key=lambda n: self.runs.index(n) if n in self.runs else len(self.runs))
+
     def compute(self) -> dict[str, dict[str, Any]]:
         compute = self.summary["compute"]
         if not isinstance(compute, dict) or not all(isinstance(v, dict) for v in compute.values()):

@@ -14,7 +14,6 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmunlearn.errors import DataError
 from mmunlearn.metrics.bootstrap import Estimate
 from mmunlearn.metrics.summary import pivot_csv, pivot_markdown
 from mmunlearn.report.run_store import BEFORE, RunStore, SafetyTrack, UnlokTrack, first_seen
@@ -216,9 +215,9 @@ def checkpoint_label(run: str, step: int) -> str:
 def checkpoint_tables(track: SafetyTrack) -> list[Table]:
     """ASR per judge and utility of every run at each evaluated step (`safety.eval_steps`; base = step 0)."""
     asr, utility = track.checkpoints()
-    keys = sorted({(r, t) for _, r, t, _ in asr} | {(r, t) for r, t, _ in utility},
-                  key=lambda k: (k[0] != "base", track.runs.index(k[0]) if k[0] in track.runs else len(track.runs),
-                                 k[1]))
+    pairs = {(r, t) for _, r, t, _ in asr} | {(r, t) for r, t, _ in utility}
+    runs = sorted(track.in_run_order(list({r for r, _ in pairs})), key=lambda r: r != "base")  # base (step 0) first
+    keys = [(r, t) for r in runs for t in sorted(t for rr, t in pairs if rr == r)]
     rows = [checkpoint_label(*k) for k in keys]
     tables = []
     for judge in first_seen(j for j, _, _, _ in asr):
@@ -265,8 +264,8 @@ def compute_table(track: SafetyTrack) -> PlainTable | None:
     if not compute:
         return None
     present = [c for c in COMPUTE_COLUMNS if any(c[0] in v for v in compute.values())]
-    order = first_seen([*(r for r in track.runs if r in compute), *compute])  # the runs' order, not the JSON's
-    cells = [[run, *(_compute_cell(compute[run].get(key), fmt) for key, _, fmt in present)] for run in order]
+    cells = [[run, *(_compute_cell(compute[run].get(key), fmt) for key, _, fmt in present)]
+             for run in track.in_run_order(list(compute))]
     return PlainTable("safety_compute", "Safety: training compute per run", "one training run each",
                       columns=["run", *(label for _, label, _ in present)], cells=cells)
 
@@ -300,18 +299,13 @@ def asr_change_table(track: SafetyTrack) -> PlainTable | None:
 
 def early_stop_table(track: SafetyTrack) -> PlainTable | None:
     """`safety.early_stop`: each trained run's validation ASR at every check and the step it stopped at."""
-    early = track.summary.get("early_stop")
+    early = track.early_stop()
     if early is None:
         return None
-    where = f"{track.root / 'summary.json'}: field 'early_stop'"
-    rule, runs = (early.get("rule"), early.get("runs")) if isinstance(early, dict) else (None, None)
-    if not isinstance(rule, dict) or not isinstance(runs, dict) or not all(
-            isinstance(r, dict) and isinstance(r.get("checks"), list) for r in runs.values()):
-        raise DataError(f"{where}: expected an object with 'rule' and 'runs' (each with its 'checks')")
-    cells = [[run, ", ".join(f"{c.get('step')}: {c.get('asr', float('nan')):.2f}" for c in r["checks"]) or "-",
-              "no (all steps)" if r.get("stopped_at") is None else str(r["stopped_at"])]
-             for run, r in sorted(runs.items(), key=lambda kv: track.runs.index(kv[0]) if kv[0] in track.runs
-                                  else len(track.runs))]
+    rule, runs = early
+    cells = [[run, ", ".join(f"{c.get('step')}: {c.get('asr', float('nan')):.2f}" for c in runs[run]["checks"]) or "-",
+              "no (all steps)" if runs[run].get("stopped_at") is None else str(runs[run]["stopped_at"])]
+             for run in track.in_run_order(list(runs))]
     suites = ", ".join(rule.get("suites") or []) or "every suite"
     return PlainTable("safety_early_stop", "Safety: early stopping on held-out requests",
                       f"every {rule.get('every')} steps, judge {rule.get('judge')}, {suites}, "
