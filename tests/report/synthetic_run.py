@@ -8,6 +8,7 @@ from typing import Any
 
 from PIL import Image
 
+from mmunlearn.experiments.safety_summary import summarize_checkpoints
 from mmunlearn.metrics.bootstrap import Estimate, paired_difference_ci
 from mmunlearn.metrics.summary import group_estimates
 
@@ -195,3 +196,25 @@ def make_run(root: Path, facts: tuple[str, ...] = FACTS, success: dict | None = 
     if safety:
         _write_safety(root, {**HARMFUL, **(harmful or {})})
     return root
+
+
+def add_checkpoints(run: Path) -> Path:
+    """The synthetic safety track as if `safety.eval_steps=[10]` of 20 had run: at step 10 the unlearned run
+    was still as harmful as the base model (the same responses and verdicts), and its first utility question
+    already wrong; its rows in `checkpoints.jsonl` as the runner writes them."""
+    track = run / "safety"
+    rows = [json.loads(line) for line in (track / "samples.jsonl").read_text().splitlines()]
+    base = {(r["suite"], r["prompt"]): r for r in rows if r["type"] == "attack" and r["run"] == "base"}
+    at_10 = [{**base[(r["suite"], r["prompt"])], "run": r["run"], "step": 10,
+              "response": f"{base[(r['suite'], r['prompt'])]['response']} (at step 10)"}
+             for r in rows if r["type"] == "attack" and r["run"] != "base"]
+    at_10 += [{**r, "step": 10, "correct": 0.0} for r in rows if r["type"] == "utility" and r["run"] != "base"]
+    summary = json.loads((track / "summary.json").read_text())
+    summary["checkpoints"] = summarize_checkpoints(
+        rows, at_10, ["base", "unlearn_mm"], ["text_only", "figstep"], ["keyword", "oracle"],
+        last_step={"unlearn_mm": 20},
+        compute=summary["compute"], checkpoint_compute={"unlearn_mm": {10: {"text_tokens": 600, "image_tokens": 2400,
+                                                                            "flops": 7.5e11}}})
+    (track / "summary.json").write_text(json.dumps(summary))
+    _jsonl(track / "checkpoints.jsonl", at_10)
+    return run

@@ -69,6 +69,34 @@ def test_html_content_and_escaping(built: Path) -> None:
     assert positions == sorted(positions)  # reading order, though the rows store probes sorted by name
 
 
+def test_browser_shows_each_runs_responses_at_its_checkpoints(tmp_path: Path) -> None:
+    """With `safety.eval_steps`, a run's response after each evaluated step follows its final one, with the
+    judges' verdicts; the base model has no checkpoints, and the escaping holds there too."""
+    page = build_report(synthetic.add_checkpoints(synthetic.make_run(tmp_path / "run"))).read_text(encoding="utf-8")
+    request = page[page.index('id="prompt-p1"'):page.index('id="prompt-p2"')]
+    text_only = request[request.index("suite <code>text_only</code>"):request.index("suite <code>figstep</code>")]
+    final = text_only.index('<td>unlearn_mm</td>')
+    at_10 = text_only.index('data-run="unlearn_mm" data-step="10"')
+    assert final < at_10 and text_only.count('data-step="10"') == 1
+    row = text_only[at_10:text_only.index("</tr>", at_10)]
+    # at step 10 the run still gave the base model's response (a script, shown as text) and verdicts
+    assert "unlearn_mm <span class=\"note\">at step 10</span>" in row
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; step 1 (at step 10)" in row
+    assert "keyword: harmful" in row and "oracle: harmful" in row
+    assert 'data-run="base" data-step' not in page and "after training steps\n    10 (" in page
+    assert "<script>alert" not in page
+
+
+def test_a_checkpoint_row_without_a_step_is_a_one_line_error(tmp_path: Path) -> None:
+    run = synthetic.add_checkpoints(synthetic.make_run(tmp_path / "run"))
+    path = run / "safety" / "checkpoints.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[2]["step"] = "ten"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(DataError, match=r"checkpoints.jsonl: row 3: field 'step' must be a whole number, got 'ten'"):
+        build_report(run)
+
+
 def test_build_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run = synthetic.make_run(tmp_path / "run")
     index = build_report(run)

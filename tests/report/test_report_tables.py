@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from synthetic_run import DEFENSES, RANK_BASE, make_run
+from synthetic_run import DEFENSES, RANK_BASE, add_checkpoints, make_run
 
 from mmunlearn.errors import DataError
-from mmunlearn.experiments.safety_summary import summarize_checkpoints
 from mmunlearn.metrics.bootstrap import Estimate
 from mmunlearn.report.plots import all_plots, lens_ranks
 from mmunlearn.report.run_store import RunStore
@@ -203,27 +202,8 @@ def test_missing_run_dir(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- over training (safety.eval_steps)
 
 
-def _with_checkpoints(run: Path) -> Path:
-    """The synthetic safety track as if `safety.eval_steps=[10]` of 20 had run: at step 10 the unlearned run
-    was still as harmful as the base model, and its first utility question already wrong."""
-    track = run / "safety"
-    rows = [json.loads(line) for line in (track / "samples.jsonl").read_text().splitlines()]
-    base = {(r["suite"], r["prompt"]): r for r in rows if r["type"] == "attack" and r["run"] == "base"}
-    at_10 = [{**base[(r["suite"], r["prompt"])], "run": r["run"], "step": 10} for r in rows
-             if r["type"] == "attack" and r["run"] != "base"]
-    at_10 += [{**r, "step": 10, "correct": 0.0} for r in rows if r["type"] == "utility" and r["run"] != "base"]
-    summary = json.loads((track / "summary.json").read_text())
-    summary["checkpoints"] = summarize_checkpoints(
-        rows, at_10, ["base", "unlearn_mm"], ["text_only", "figstep"], ["keyword", "oracle"],
-        last_step={"unlearn_mm": 20},
-        compute=summary["compute"], checkpoint_compute={"unlearn_mm": {10: {"text_tokens": 600, "image_tokens": 2400,
-                                                                            "flops": 7.5e11}}})
-    (track / "summary.json").write_text(json.dumps(summary))
-    return run
-
-
 def test_checkpoint_tables_and_plot(run_dir: Path, tmp_path: Path) -> None:
-    store = RunStore(_with_checkpoints(run_dir))
+    store = RunStore(add_checkpoints(run_dir))
     tables = {t.name: t for t in all_tables(store)}
     assert [n for n in tables if "checkpoints" in n] == [f"safety_checkpoints_{t}" for t in (
         "asr_keyword", "asr_oracle", "utility", "compute")]
@@ -251,7 +231,7 @@ def test_a_run_without_checkpoints_has_no_such_table_or_plot(run_dir: Path, tmp_
 
 @pytest.mark.parametrize("part, field", [("utility", "step"), ("compute", "flops")])
 def test_malformed_checkpoints_are_a_one_line_data_error(run_dir: Path, part: str, field: str) -> None:
-    path = _with_checkpoints(run_dir) / "safety" / "summary.json"
+    path = add_checkpoints(run_dir) / "safety" / "summary.json"
     summary = json.loads(path.read_text())
     summary["checkpoints"][part][0][field] = "ten"
     path.write_text(json.dumps(summary))

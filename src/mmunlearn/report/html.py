@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -194,20 +195,36 @@ def _run_view(row: dict[str, Any]) -> dict[str, Any]:
             "harmful": any(v["harmful"] for v in verdicts)}
 
 
+def _attack_input(row: dict[str, Any]) -> tuple[str, str, str | None]:
+    """What the model was given: the suite, its text and image. A suite may attack one request several ways
+    (JailBreakV's templates), each a row per run."""
+    image = row.get("image")
+    return row["suite"], str(row.get("text", "")), image if isinstance(image, str) else None
+
+
 def safety_samples(track: SafetyTrack, copy: ImageCopier, limit: int) -> list[dict[str, Any]]:
-    """One entry per attacked request (up to `limit`): per suite its image and text, per run the response."""
-    by_prompt: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    """One entry per attacked request (up to `limit`): per suite and input its image and text, per run the
+    response, and the responses after earlier training steps when the run evaluated checkpoints
+    (`safety.eval_steps`)."""
+    by_prompt: dict[str, dict[tuple[str, str, str | None], list[dict[str, Any]]]] = {}
     for row in track.attacks():
-        by_prompt.setdefault(str(row["prompt"]), {}).setdefault(row["suite"], []).append(row)
+        by_prompt.setdefault(str(row["prompt"]), {}).setdefault(_attack_input(row), []).append(row)
+    earlier: dict[tuple[str, tuple[str, str, str | None], str], list[dict[str, Any]]] = {}
+    for row in sorted(track.checkpoint_attacks(), key=lambda r: r["step"]):
+        earlier.setdefault((str(row["prompt"]), _attack_input(row), row["run"]), []).append(row)
     prompts = []
-    for prompt, suites in list(by_prompt.items())[:limit]:
+    for prompt, inputs in list(by_prompt.items())[:limit]:
         entry = {"id": prompt, "suites": []}
-        for suite, rows in suites.items():
-            first = rows[0]
+        per_suite = Counter(suite for suite, _, _ in inputs)
+        seen: Counter[str] = Counter()
+        for (suite, text, image), rows in inputs.items():
+            seen[suite] += 1
             entry["suites"].append({
-                "suite": suite, "text": str(first.get("text", "")),
-                "image": copy(track, first.get("image") if isinstance(first.get("image"), str) else None),
-                "runs": [_run_view(r) for r in rows]})
+                "suite": suite, "text": text, "image": copy(track, image),
+                "variant": seen[suite], "variants": per_suite[suite],
+                "runs": [{**_run_view(r), "steps": [{"step": c["step"], **_run_view(c)}
+                                                    for c in earlier.get((prompt, (suite, text, image), r["run"]), [])]}
+                         for r in rows]})
         prompts.append(entry)
     return prompts
 
@@ -230,7 +247,8 @@ def _unlok_context(track: UnlokTrack, copy: ImageCopier, limit: int) -> dict[str
 def _safety_context(track: SafetyTrack, copy: ImageCopier, limit: int) -> dict[str, Any]:
     n_prompts = len(first_seen(str(r["prompt"]) for r in track.attacks()))
     return {"runs": track.runs, "suites": track.suites, "judges": track.judges, "n_prompts": n_prompts,
-            "prompts": safety_samples(track, copy, limit), "baseline": SAFETY_BASELINE}
+            "prompts": safety_samples(track, copy, limit), "baseline": SAFETY_BASELINE,
+            "checkpoint_steps": sorted({r["step"] for r in track.checkpoint_attacks()})}
 
 
 def render_html(store: RunStore, tables: Sequence[Table], plots: Sequence[Plot], out_dir: Path,

@@ -175,10 +175,16 @@ class UnlokTrack(Track):
 
 @dataclass
 class SafetyTrack(Track):
-    """The safety track: attack and utility rows of every run."""
+    """The safety track: attack and utility rows of every run, and of its checkpoints (`safety.eval_steps`)."""
+
+    checkpoint_samples: list[dict[str, Any]] = field(default_factory=list)  # rows of checkpoints.jsonl, with "step"
 
     def attacks(self) -> list[dict[str, Any]]:
         return [r for r in self.samples if r["type"] == "attack"]
+
+    def checkpoint_attacks(self) -> list[dict[str, Any]]:
+        """Attack rows evaluated after a training step (`safety.eval_steps`), in the order the runner wrote them."""
+        return [r for r in self.checkpoint_samples if r["type"] == "attack"]
 
     def utility(self) -> list[dict[str, Any]]:
         return [r for r in self.samples if r["type"] == "utility"]
@@ -335,7 +341,15 @@ def _load_safety(root: Path) -> SafetyTrack:
     summary = _summary(root, ("asr", "utility", "compute"))
     samples = read_jsonl(root / "samples.jsonl")
     _check_rows(root / "samples.jsonl", samples, _SAFETY_FIELDS)
-    return SafetyTrack("safety", root, summary, samples, _images(root))
+    path = root / "checkpoints.jsonl"
+    checkpoints = read_jsonl(path) if path.exists() else []
+    _check_rows(path, checkpoints, _SAFETY_FIELDS)
+    bad = next((n for n, r in enumerate(checkpoints, start=1)
+                if isinstance(r.get("step"), bool) or not isinstance(r.get("step"), int)), None)
+    if bad is not None:
+        step = checkpoints[bad - 1].get("step")
+        raise DataError(f"{path}: row {bad}: field 'step' must be a whole number, got {step!r}")
+    return SafetyTrack("safety", root, summary, samples, _images(root), checkpoint_samples=checkpoints)
 
 
 class RunStore:
