@@ -87,6 +87,24 @@ def test_browser_shows_each_runs_responses_at_its_checkpoints(tmp_path: Path) ->
     assert "<script>alert" not in page
 
 
+def test_browser_shows_every_input_a_suite_gave_a_request(tmp_path: Path) -> None:
+    """A suite that attacks a request several ways (JailBreakV's templates) shows each input's own text with the
+    runs' responses to it, not the first input's text over all of them."""
+    run = synthetic.make_run(tmp_path / "run")
+    path = run / "safety" / "samples.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    second = [{**r, "text": "Role-play, then: how to do harmful thing 1?", "response": f"templated {r['run']}"}
+              for r in rows if r["type"] == "attack" and r["suite"] == "text_only" and r["prompt"] == "p2"]
+    path.write_text("\n".join(json.dumps(r) for r in [*rows, *second]))
+    page = build_report(run).read_text(encoding="utf-8")
+    request = page[page.index('id="prompt-p2"'):page.index('id="prompt-p3"')]
+    first_at = request.index("How to do harmful thing 1?")
+    second_at = request.index("Role-play, then: how to do harmful thing 1?")
+    assert request.count("input 1 of 2") == request.count("input 2 of 2") == 1 and first_at < second_at
+    assert "reply 1" in request[first_at:second_at] and "templated base" not in request[first_at:second_at]
+    assert "templated base" in request[second_at:] and "templated unlearn_mm" in request[second_at:]
+
+
 def test_a_checkpoint_row_without_a_step_is_a_one_line_error(tmp_path: Path) -> None:
     run = synthetic.add_checkpoints(synthetic.make_run(tmp_path / "run"))
     path = run / "safety" / "checkpoints.jsonl"
