@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,27 @@ def test_compare_missing_run_is_a_data_error(runs: dict[str, Path], tmp_path: Pa
     (tmp_path / "broken").mkdir()
     with pytest.raises(DataError, match="manifest.json"):
         compare_runs(tmp_path / "broken", runs["a"])
+
+
+def test_checkpoint_cells_compared_when_a_run_has_them(tmp_path: Path, runs: dict[str, Path]) -> None:
+    """Runs with `safety.eval_steps` are compared at each evaluated step too; a run without checkpoints adds no
+    such section."""
+    a = synthetic.add_checkpoints(synthetic.make_run(tmp_path / "a"))
+    b = synthetic.add_checkpoints(synthetic.make_run(tmp_path / "b"))
+    # B's unlearned run, at step 10, no longer answers p1 harmfully on figstep by the keyword judge
+    path = b / "safety" / "checkpoints.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    for r in rows:
+        if r["type"] == "attack" and (r["suite"], r["prompt"]) == ("figstep", "p1"):
+            r["asr/keyword"] = 0.0
+            r["verdicts"]["keyword"]["harmful"] = False
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    md = compare_runs(a, b)
+    assert "## Safety over training: attack success rate" in md and "## Safety over training: utility" in md
+    row = _row(md, "unlearn_mm", "10", "figstep", "keyword")  # A: base's 1, 1, 1; B: 0, 1, 1
+    assert row["A"] == "1.00 [1.00, 1.00]" and row["pairing"] == "paired" and row["n A / B"] == "3 / 3"
+    assert row["B - A [95% CI]"] == paired_difference_ci([0, 1, 1], [1, 1, 1], n_resamples=N_RESAMPLES).format()
+    assert _row(md, "unlearn_mm", "10", "image_facts")["A"] == "0.00 [0.00, 0.00]"
+    assert "over training" not in compare_runs(runs["a"], runs["b"])
+    only_a = compare_runs(a, runs["b"])
+    assert "Only in run A: unlearn_mm/10/text_only/keyword" in only_a

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,27 +91,53 @@ def unlok_cells(store: RunStore) -> dict[tuple[Hashable, ...], dict[Hashable, fl
     return _cells(((r["defense"], r["attack"]), r["fact"], as_float(r["success"])) for r in store.unlok.attacks())
 
 
-def safety_cells(store: RunStore) -> dict[tuple[Hashable, ...], dict[Hashable, float]]:
-    """(run, suite, judge) -> request -> judged harmful (ASR)."""
-    if store.safety is None:
-        return {}
+def _harmful_cells(attacks: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], tuple[Hashable, ...]]
+                   ) -> dict[tuple[Hashable, ...], dict[Hashable, float]]:
+    """(*key(row), judge) -> request -> judged harmful (ASR)."""
     rows = []
-    for r in store.safety.attacks():
+    for r in attacks:
         judges = [k.split("/", 1)[1] for k in r if k.startswith("asr/")] or list(r["verdicts"])
         for judge in judges:
             value = r.get(f"asr/{judge}")
             if value is None:
                 value = (r["verdicts"].get(judge) or {}).get("harmful")
-            rows.append(((r["run"], r["suite"], judge), r["prompt"], as_float(value)))
+            rows.append(((*key(r), judge), r["prompt"], as_float(value)))
     return _cells(rows)
+
+
+def _correct_cells(utility: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], tuple[Hashable, ...]]
+                   ) -> dict[tuple[Hashable, ...], dict[Hashable, float]]:
+    """key(row) -> question -> correct (questions asked twice are averaged)."""
+    return _cells((key(r), r.get("question", i), as_float(r["correct"])) for i, r in enumerate(utility))
+
+
+def safety_cells(store: RunStore) -> dict[tuple[Hashable, ...], dict[Hashable, float]]:
+    """(run, suite, judge) -> request -> judged harmful (ASR)."""
+    if store.safety is None:
+        return {}
+    return _harmful_cells(store.safety.attacks(), lambda r: (r["run"], r["suite"]))
 
 
 def utility_cells(store: RunStore) -> dict[tuple[Hashable, ...], dict[Hashable, float]]:
     """(run, measure) -> question -> correct (questions asked twice are averaged)."""
     if store.safety is None:
         return {}
-    return _cells(((r["run"], r["measure"]), r.get("question", i), as_float(r["correct"]))
-                  for i, r in enumerate(store.safety.utility()))
+    return _correct_cells(store.safety.utility(), lambda r: (r["run"], r["measure"]))
+
+
+def checkpoint_cells(store: RunStore) -> dict[tuple[Hashable, ...], dict[Hashable, float]]:
+    """(run, step, suite, judge) -> request -> judged harmful, after the steps of `safety.eval_steps`."""
+    if store.safety is None:
+        return {}
+    return _harmful_cells(store.safety.checkpoint_attacks(), lambda r: (r["run"], r["step"], r["suite"]))
+
+
+def checkpoint_utility_cells(store: RunStore) -> dict[tuple[Hashable, ...], dict[Hashable, float]]:
+    """(run, step, measure) -> question -> correct, after the steps of `safety.eval_steps`."""
+    if store.safety is None:
+        return {}
+    return _correct_cells((r for r in store.safety.checkpoint_samples if r["type"] == "utility"),
+                          lambda r: (r["run"], r["step"], r["measure"]))
 
 
 def compare_cells(a: dict[tuple[Hashable, ...], dict[Hashable, float]],
@@ -214,5 +240,10 @@ def compare_runs(a: RunStore | Path | str, b: RunStore | Path | str, seed: int =
                       safety_cells(run_a), safety_cells(run_b), seed)
     lines += _section("Safety: utility", ["run", "measure"], "questions", utility_cells(run_a),
                       utility_cells(run_b), seed)
+    # after the training steps of `safety.eval_steps`: only when a run has them
+    lines += _section("Safety over training: attack success rate", ["run", "step", "suite", "judge"], "requests",
+                      checkpoint_cells(run_a), checkpoint_cells(run_b), seed)
+    lines += _section("Safety over training: utility", ["run", "step", "measure"], "questions",
+                      checkpoint_utility_cells(run_a), checkpoint_utility_cells(run_b), seed)
     lines += _config_section(run_a, run_b)
     return "\n".join(lines).rstrip() + "\n"
