@@ -15,6 +15,7 @@ import synthetic_run
 
 from mmunlearn.errors import DataError, MMUnlearnError
 from mmunlearn.report import build, build_report, report_commands
+from mmunlearn.report.compare import compare_runs
 
 synthetic = synthetic_run
 CHROMIUM = Path("/usr/bin/chromium")
@@ -85,6 +86,19 @@ def test_browser_shows_each_runs_responses_at_its_checkpoints(tmp_path: Path) ->
     assert "keyword: harmful" in row and "oracle: harmful" in row
     assert 'data-run="base" data-step' not in page and "after training steps\n    10 (" in page
     assert "<script>alert" not in page
+
+
+def test_a_run_stopped_at_a_checkpoint_shows_that_step_once(tmp_path: Path) -> None:
+    """Early stopping at step 10 makes the step-10 evaluation the run's final one, in samples.jsonl: the browser
+    and the comparison do not show it again as a checkpoint."""
+    run = synthetic.add_checkpoints(synthetic.make_run(tmp_path / "run"))
+    path = run / "safety" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["compute"]["unlearn_mm"]["steps"] = 10
+    path.write_text(json.dumps(summary))
+    page = build_report(run).read_text(encoding="utf-8")
+    assert 'data-step="10"' not in page and "(at step 10)" not in page
+    assert "over training" not in compare_runs(run, run)
 
 
 def test_browser_shows_every_input_a_suite_gave_a_request(tmp_path: Path) -> None:

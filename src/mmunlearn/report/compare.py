@@ -136,7 +136,7 @@ def checkpoint_utility_cells(store: RunStore) -> dict[tuple[Hashable, ...], dict
     """(run, step, measure) -> question -> correct, after the steps of `safety.eval_steps`."""
     if store.safety is None:
         return {}
-    return _correct_cells((r for r in store.safety.checkpoint_samples if r["type"] == "utility"),
+    return _correct_cells(store.safety.checkpoint_rows("utility"),
                           lambda r: (r["run"], r["step"], r["measure"]))
 
 

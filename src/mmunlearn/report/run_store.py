@@ -182,9 +182,16 @@ class SafetyTrack(Track):
     def attacks(self) -> list[dict[str, Any]]:
         return [r for r in self.samples if r["type"] == "attack"]
 
+    def checkpoint_rows(self, kind: str) -> list[dict[str, Any]]:
+        """Rows of `kind` ("attack" or "utility") evaluated after a training step (`safety.eval_steps`) before the
+        run's last step, in the order the runner wrote them. A run that early stopping ended at a checkpoint has
+        that step's rows in `samples.jsonl` already, as its final ones (the summary counts them once too)."""
+        last = {run: c.get("steps") for run, c in self.compute().items()}
+        return [r for r in self.checkpoint_samples
+                if r["type"] == kind and not (isinstance(last.get(r["run"]), int) and r["step"] >= last[r["run"]])]
+
     def checkpoint_attacks(self) -> list[dict[str, Any]]:
-        """Attack rows evaluated after a training step (`safety.eval_steps`), in the order the runner wrote them."""
-        return [r for r in self.checkpoint_samples if r["type"] == "attack"]
+        return self.checkpoint_rows("attack")
 
     def utility(self) -> list[dict[str, Any]]:
         return [r for r in self.samples if r["type"] == "utility"]
