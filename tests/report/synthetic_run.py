@@ -210,6 +210,7 @@ def add_checkpoints(run: Path) -> Path:
              for r in rows if r["type"] == "attack" and r["run"] != "base"]
     at_10 += [{**r, "step": 10, "correct": 0.0} for r in rows if r["type"] == "utility" and r["run"] != "base"]
     summary = json.loads((track / "summary.json").read_text())
+    summary["compute"]["unlearn_mm"]["steps"] = 20  # the last step, as the runner records it
     summary["checkpoints"] = summarize_checkpoints(
         rows, at_10, ["base", "unlearn_mm"], ["text_only", "figstep"], ["keyword", "oracle"],
         last_step={"unlearn_mm": 20},

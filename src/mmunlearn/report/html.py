@@ -217,14 +217,13 @@ def safety_samples(track: SafetyTrack, copy: ImageCopier, limit: int) -> list[di
         entry = {"id": prompt, "suites": []}
         per_suite = Counter(suite for suite, _, _ in inputs)
         seen: Counter[str] = Counter()
-        for (suite, text, image), rows in inputs.items():
+        for given, rows in inputs.items():
+            suite, text, image = given
             seen[suite] += 1
-            entry["suites"].append({
-                "suite": suite, "text": text, "image": copy(track, image),
-                "variant": seen[suite], "variants": per_suite[suite],
-                "runs": [{**_run_view(r), "steps": [{"step": c["step"], **_run_view(c)}
-                                                    for c in earlier.get((prompt, (suite, text, image), r["run"]), [])]}
-                         for r in rows]})
+            runs = [{**_run_view(r), "steps": [{"step": c["step"], **_run_view(c)}
+                                               for c in earlier.get((prompt, given, r["run"]), [])]} for r in rows]
+            entry["suites"].append({"suite": suite, "text": text, "image": copy(track, image), "variant": seen[suite],
+                                    "variants": per_suite[suite], "runs": runs})
         prompts.append(entry)
     return prompts
 
